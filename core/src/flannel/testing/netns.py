@@ -6,9 +6,9 @@ import contextlib
 import os
 import secrets
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
-__all__ = ["Netns", "netns_exec", "run_tag"]
+__all__ = ["Netns", "run_tag"]
 
 _RUN_TAG = secrets.token_hex(3)
 
@@ -26,10 +26,12 @@ class Netns:
         subprocess.run(["ip", "netns", "add", self.name], check=True)
         self.sh("ip link set lo up")
 
-    def run(self, argv: Sequence[str], check: bool = True, **kw: object) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, argv: Sequence[str], check: bool = True, timeout: float | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             ["ip", "netns", "exec", self.name, *argv], check=check, text=True,
-            capture_output=True, **kw,  # type: ignore[call-overload]
+            capture_output=True, timeout=timeout,
         )  # fmt: skip
 
     def sh(self, command: str, check: bool = True) -> str:
@@ -39,7 +41,9 @@ class Netns:
             text=True, capture_output=True,
         )  # fmt: skip
         if check and done.returncode != 0:
-            raise RuntimeError(f"[{self.name}] {command!r} failed ({done.returncode}): {done.stderr}")
+            raise RuntimeError(
+                f"[{self.name}] {command!r} failed ({done.returncode}): {done.stderr}"
+            )
         return done.stdout
 
     def delete(self) -> None:
@@ -56,16 +60,3 @@ class Netns:
     def __exit__(self, *exc: object) -> None:
         self.delete()
 
-
-@contextlib.contextmanager
-def netns_exec(name: str) -> Iterator[None]:
-    """Switch this thread into namespace ``name`` for the block (restores afterwards)."""
-    own = os.open("/proc/self/ns/net", os.O_RDONLY)
-    target = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
-    try:
-        os.setns(target, os.CLONE_NEWNET)
-        yield
-    finally:
-        os.setns(own, os.CLONE_NEWNET)
-        os.close(own)
-        os.close(target)

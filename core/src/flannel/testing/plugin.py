@@ -1,4 +1,7 @@
-"""pytest fixtures for flannel and backend authors: ``pytest_plugins = ["flannel.testing.plugin"]``."""
+"""pytest fixtures for flannel and for backend authors.
+
+Enable with ``pytest_plugins = ["flannel.testing.plugin"]``.
+"""
 
 from __future__ import annotations
 
