@@ -1,0 +1,1 @@
+"""The command line: ``flanneld``/``flannel run`` (lean path) and the typer app for the rest."""
