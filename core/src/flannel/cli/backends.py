@@ -40,3 +40,27 @@ def list_backends(
             info.error or "",
         )
     Console().print(table)
+
+
+@app.command("new")
+@handle_errors
+def new_backend(
+    name: Annotated[str, typer.Argument(help="the Backend.Type, e.g. 'my-backend'")],
+    directory: Annotated[
+        str, typer.Option("--dir", help="where to create flannel-NAME/")
+    ] = ".",
+) -> None:
+    """Generate a backend distribution (entry point, hooks, tests) that passes its own tests."""
+    from pathlib import Path
+
+    import flannel
+    from flannel.scaffold import ScaffoldError, generate_backend
+
+    major, minor = flannel.__version__.split(".")[:2]
+    requirement = f"flannel-core>={major}.{minor},<{major}.{int(minor) + 1}"
+    try:
+        root = generate_backend(name, Path(directory), requirement)
+    except ScaffoldError as exc:
+        typer.echo(f"flannel backends new: error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"created {root}: cd there, `pip install -e '.[test]'`, then `pytest`")
