@@ -74,7 +74,7 @@ class BackendConformance:
             if shutil.which(tool) is None:
                 pytest.fail(f"{tool} not installed: the conformance suite needs it")
         if not self.backend:
-            pytest.fail("set `backend = \"<type>\"` on your BackendConformance subclass")
+            pytest.fail('set `backend = "<type>"` on your BackendConformance subclass')
         config = {
             "Network": self.network,
             "Backend": {"Type": self.backend, **self.backend_options},
@@ -163,6 +163,14 @@ class BackendConformance:
         lab.wait_ready(timeout=self.ready_timeout, routes=self.check_routes)
         assert lab.host(name).subnet == before
         if self.data_path:
+            # a userspace data path (udp) is down while its daemon restarts: wait for it
+            _wait_for(
+                lambda: all(
+                    lab.ping(name, o) and lab.ping(o, name) for o in lab.hosts if o != name
+                ),
+                self.ready_timeout,
+                f"pods to reach {name} again after its restart",
+            )
             self._assert_full_matrix(lab)
 
     def test_lease_lost_is_reacquired(self, lab: Lab) -> None:
