@@ -142,3 +142,17 @@ async def test_hook_handle_events() -> None:
     await host.handle_events(network, [Event.added(peer), Event.removed(peer)])
     assert ("handle_events", ["10.9.4.0-24", "10.9.4.0-24"]) in mine.calls
     assert not any(c == "handle_events" for c, _ in other.calls)
+
+
+def test_lease_gone_reads_the_stop_reason_and_expiry() -> None:
+    import time
+
+    ctx, _ = _ctx()
+    own = IPv4Network("10.9.3.0/24")
+    live = BackendNetwork("demo", Lease(own, expiration=time.time() + 3600), 1500, ctx)
+    assert not live.lease_gone()
+    for reason, gone in (("shutdown", False), ("lease_lost", True), ("network_removed", True)):
+        live.stop_reason = reason
+        assert live.lease_gone() is gone
+    assert BackendNetwork("demo", Lease(own, expiration=time.time() - 1), 1500, ctx).lease_gone()
+    assert not BackendNetwork("demo", Lease(own, expiration=None), 1500, ctx).lease_gone()

@@ -17,6 +17,7 @@ configured ``Backend.Type``):
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
@@ -102,4 +103,16 @@ class BackendNetwork:
     mtu: int
     ctx: BackendContext
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    stop_reason: str = ""
+    """Set by the host just before it cancels ``run``: ``"shutdown"`` (the lease stays, a
+    restart reuses it), ``"lease_lost"`` (deleted, expired or taken by another host) or
+    ``"network_removed"``. Backends that own state outside this host (cloud routes) remove
+    it unless the reason is ``"shutdown"``."""
+
+    def lease_gone(self) -> bool:
+        """Whether the subnet stopped being ours: the host said so, or the lease expired."""
+        if self.stop_reason in ("lease_lost", "network_removed"):
+            return True
+        expiration = self.lease.expiration
+        return expiration is not None and expiration <= time.time()
 

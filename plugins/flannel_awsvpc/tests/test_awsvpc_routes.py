@@ -125,7 +125,7 @@ def routes(ec2: Any, table: str) -> dict[str, str]:
 
 async def stop(network: AwsVpcNetwork, task: asyncio.Task[None], reason: str | None) -> None:
     if reason is not None:
-        network.stop_reason = reason  # type: ignore[attr-defined]
+        network.stop_reason = reason
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -165,7 +165,7 @@ async def test_released_lease_withdraws_only_that_route(
     await register(b, ec2_server.url)
     task = start(net_a)
     await asyncio.sleep(0)
-    await stop(net_a, task, reason="lease_released")
+    await stop(net_a, task, reason="lease_lost")
     assert routes(vpc.ec2, vpc.main_table) == {str(b.subnet): b.eni_id}
 
 

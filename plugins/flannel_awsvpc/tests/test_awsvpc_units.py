@@ -120,31 +120,3 @@ def test_guard_refuses_anything_but_loopback() -> None:
     with pytest.raises(NetworkGuardError), socket.socket() as sock:
         sock.connect(("198.18.0.1", 80))
     assert socket.getaddrinfo("127.0.0.1", 80)
-
-
-def test_lease_gone_reads_the_stop_reason_and_expiry() -> None:
-    import enum
-    import time
-
-    from flannel.backend import BackendNetwork
-    from flannel.lease import Lease
-    from flannel_awsvpc.stopping import lease_gone
-
-    class Reason(enum.Enum):
-        SHUTDOWN = "shutdown"
-        LEASE_LOST = "lease_lost"
-
-    live = Lease(OWN, expiration=time.time() + 3600)
-    network = BackendNetwork("aws-vpc", live, 1500, ctx=None)  # type: ignore[arg-type]
-    assert not lease_gone(network)
-    for reason, gone in (
-        ("lease_released", True),
-        (Reason.LEASE_LOST, True),
-        (Reason.SHUTDOWN, False),
-    ):
-        network.stop_reason = reason  # type: ignore[attr-defined]
-        assert lease_gone(network) is gone
-    expired = BackendNetwork("aws-vpc", Lease(OWN, expiration=time.time() - 1), 1500, ctx=None)  # type: ignore[arg-type]
-    assert lease_gone(expired)
-    reservation = BackendNetwork("aws-vpc", Lease(OWN, expiration=None), 1500, ctx=None)  # type: ignore[arg-type]
-    assert not lease_gone(reservation)

@@ -110,7 +110,7 @@ def start(network: GceNetwork) -> asyncio.Task[None]:
 
 async def stop(network: GceNetwork, task: asyncio.Task[None], reason: str | None) -> None:
     if reason is not None:
-        network.stop_reason = reason  # type: ignore[attr-defined]
+        network.stop_reason = reason
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -149,7 +149,7 @@ async def test_released_lease_withdraws_only_that_route(
     await register(b, compute)
     task = start(net_a)
     await asyncio.sleep(0)
-    await stop(net_a, task, reason="lease_released")
+    await stop(net_a, task, reason="lease_lost")
     assert list(next_hops(compute)) == ["flannel-10-244-2-0-24"]
 
 

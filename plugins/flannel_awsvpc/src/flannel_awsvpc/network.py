@@ -13,7 +13,6 @@ from flannel_awsvpc.ec2 import Ec2Routes, make_client
 from flannel_awsvpc.imds import fetch_identity
 from flannel_awsvpc.options import AwsVpcOptions, parse_options
 from flannel_awsvpc.plan import Target
-from flannel_awsvpc.stopping import lease_gone
 
 __all__ = ["AwsVpcNetwork", "register", "run"]
 
@@ -113,7 +112,7 @@ async def run(network: AwsVpcNetwork) -> None:
             except BackendError as exc:
                 log.warning("%s (will check again in about %.0f s)", exc, interval)
     finally:
-        if network.options.delete_route_on_shutdown or lease_gone(network):
+        if network.options.delete_route_on_shutdown or network.lease_gone():
             try:
                 count = await network.withdraw_route()
                 log.info("aws-vpc: withdrew %d route(s) for %s", count, network.subnet)

@@ -14,7 +14,6 @@ from flannel_gce.compute import ComputeClient
 from flannel_gce.metadata import GceIdentity, MetadataClient
 from flannel_gce.options import GceOptions, parse_options
 from flannel_gce.routes import GceRoutes
-from flannel_gce.stopping import lease_gone
 
 __all__ = ["GceNetwork", "register", "run"]
 
@@ -108,7 +107,7 @@ async def run(network: GceNetwork) -> None:
             except BackendError as exc:
                 log.warning("%s (will check again in about %.0f s)", exc, interval)
     finally:
-        if network.options.delete_route_on_shutdown or lease_gone(network):
+        if network.options.delete_route_on_shutdown or network.lease_gone():
             try:
                 if await network.routes.withdraw(network.subnet):
                     log.info("gce: withdrew the route for %s", network.subnet)
