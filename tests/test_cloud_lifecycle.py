@@ -30,12 +30,12 @@ for _tests in ("plugins/flannel_awsvpc/tests", "plugins/flannel_gce/tests"):
     if str(ROOT / _tests) not in sys.path:
         sys.path.insert(0, str(ROOT / _tests))
 
-boto3 = pytest.importorskip("boto3")
-pytest.importorskip("moto")
+import boto3  # noqa: E402  (test deps: flannel-awsvpc[test])
 
 from aws_fakes import CountingMotoServer, FakeImds, writes  # noqa: E402
-from aws_netguard import loopback_only  # noqa: E402
 from gce_fakes import FakeCompute, FakeMetadata  # noqa: E402
+
+from flannel.testing.netguard import loopback_only  # noqa: E402
 
 __all__ = ["loopback_only"]
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("loopback_only")]

@@ -11,7 +11,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # aws_fakes, aws_netguard (unique names)
 
 from aws_fakes import CountingMotoServer
-from aws_netguard import loopback_only
+
+from flannel.testing.netguard import loopback_only
 
 __all__ = ["loopback_only"]
 

@@ -7,10 +7,10 @@ from ipaddress import IPv4Network
 from typing import Any
 
 import pytest
-from aws_netguard import NetworkGuardError
 from botocore.exceptions import ClientError
 
 from flannel.backend import BackendConfigError
+from flannel.testing.netguard import NetworkGuardError
 from flannel_awsvpc.ec2 import explain
 from flannel_awsvpc.options import AwsVpcOptions, parse_options
 from flannel_awsvpc.plan import Target, plan_table

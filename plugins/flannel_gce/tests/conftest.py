@@ -11,7 +11,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # gce_fakes, gce_netguard (unique names)
 
 from gce_fakes import FakeCompute
-from gce_netguard import loopback_only
+
+from flannel.testing.netguard import loopback_only
 
 __all__ = ["loopback_only"]
 

@@ -7,9 +7,9 @@ from ipaddress import IPv4Network
 from typing import Any
 
 import pytest
-from gce_netguard import NetworkGuardError
 
 from flannel.backend import BackendConfigError, BackendError
+from flannel.testing.netguard import NetworkGuardError
 from flannel_gce.compute import explain_http, explain_operation, link_key
 from flannel_gce.options import DEFAULT_COMPUTE_URL, GceOptions, parse_options
 from flannel_gce.routes import GceRoutes, route_name

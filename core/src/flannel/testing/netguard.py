@@ -1,4 +1,9 @@
-"""Refuse any network use beyond loopback in this test process (no request may reach Google)."""
+"""Refuse any network use beyond loopback in this test process.
+
+Cloud backends test against local fakes; this guard makes sure no request (or even a DNS
+lookup) ever leaves for a real cloud. Use the ``loopback_only`` fixture (autouse it in a
+conftest) or ``NetworkGuardError`` to assert a refusal.
+"""
 
 from __future__ import annotations
 
