@@ -31,7 +31,6 @@ for _tests in ("plugins/flannel_awsvpc/tests", "plugins/flannel_gce/tests"):
         sys.path.insert(0, str(ROOT / _tests))
 
 import boto3  # noqa: E402  (test deps: flannel-awsvpc[test])
-
 from aws_fakes import CountingMotoServer, FakeImds, writes  # noqa: E402
 from gce_fakes import FakeCompute, FakeMetadata  # noqa: E402
 
