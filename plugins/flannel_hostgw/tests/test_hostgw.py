@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, TypeVar
 
@@ -24,32 +23,12 @@ from flannel.config import NetworkConfig
 from flannel.events import Event
 from flannel.lease import Lease, LeaseAttrs
 from flannel.metrics import Metrics
-from flannel.netlink._rtnl import in_netns
 from flannel.netlink.routes import RTPROT_FLANNEL
-from flannel.testing.netns import Netns
+from flannel.testing.netns import Netns, run_in_netns
 from flannel_hostgw.network import HostGWNetwork
 
 T = TypeVar("T")
 OWN = Lease(IPv4Network("10.244.1.0/24"), LeaseAttrs(IPv4Address("198.18.0.1"), None, "host-gw"))
-
-
-def run_in_netns(name: str, body: Callable[[], Awaitable[T]]) -> T:
-    """Run an asyncio body on a thread that lives in namespace ``name`` (setns is per thread)."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            with in_netns(name):
-                box["value"] = asyncio.run(body())  # type: ignore[arg-type]
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
 
 
 def peer(n: int, ip: str, backend: str = "host-gw", v6: bool = False) -> Lease:

@@ -6,11 +6,7 @@ thread), with its own event loop; worker threads started from it inherit the nam
 
 from __future__ import annotations
 
-import asyncio
-import ctypes
 import json
-import os
-import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -21,42 +17,16 @@ from flannel.config import NetworkConfig
 from flannel.events import Event
 from flannel.lease import Lease, LeaseAttrs
 from flannel.metrics import Metrics
-from flannel.testing.netns import Netns
+from flannel.testing.netns import Netns, run_in_netns
 
 T = TypeVar("T")
-_CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
 NETWORK = IPv4Network("10.244.0.0/16")
 NETWORK6 = IPv6Network("fd00:10:244::/56")
 
 
 def in_netns(ns: Netns, make: Callable[[], Awaitable[T]]) -> T:
-    """Run ``make()`` on a fresh event loop in a thread inside ``ns``; return its result."""
-    box: dict[str, Any] = {}
-
-    def main() -> None:
-        fd = os.open(f"/var/run/netns/{ns.name}", os.O_RDONLY)
-        try:
-            if _libc.setns(fd, _CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), f"setns into {ns.name} failed")
-        finally:
-            os.close(fd)
-
-        async def wrapped() -> T:
-            return await make()
-
-        try:
-            box["value"] = asyncio.run(wrapped())
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=main)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
+    """Run an asyncio body on a thread inside ``ns`` (see flannel.testing.netns)."""
+    return run_in_netns(ns.name, make)
 
 
 @dataclass

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
 import subprocess
-from collections.abc import Sequence
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
-__all__ = ["Netns", "run_tag"]
+from flannel.netlink._rtnl import in_netns
+
+__all__ = ["Netns", "in_netns", "run_in_netns", "run_tag"]
 
 _RUN_TAG = secrets.token_hex(3)
 
@@ -60,3 +65,33 @@ class Netns:
     def __exit__(self, *exc: object) -> None:
         self.delete()
 
+
+
+T = TypeVar("T")
+
+
+def run_in_netns(name: str, body: Callable[[], Awaitable[T]]) -> T:
+    """Run an asyncio body on a fresh thread that lives in namespace ``name``.
+
+    setns(2) is per thread: the thread enters the namespace, so every socket and device the
+    body opens (netlink, TUN, UDP) belongs to it, and the caller's thread never moves.
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            with in_netns(name):
+                box["value"] = asyncio.run(_call(body))
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"netns-{name}")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+async def _call(body: Callable[[], Awaitable[T]]) -> T:
+    return await body()

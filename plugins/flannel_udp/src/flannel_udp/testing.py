@@ -9,14 +9,13 @@ namespaces hang off each host through a veth, addressed inside the host's subnet
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
-from flannel.testing.netns import Netns
+from flannel.testing.netns import Netns, in_netns
 from flannel_udp.datapath import Forwarder, make_forwarder, resolve_datapath, wants_offload
 from flannel_udp.tun import open_tun
 
@@ -24,30 +23,6 @@ __all__ = ["ForwarderHost", "in_netns", "pair_hosts"]
 
 POD_NETWORK = IPv4Network("10.244.0.0/16")
 PORT = 8285
-
-
-_CLONE_NEWNET = 0x40000000
-
-
-@contextlib.contextmanager
-def in_netns(name: str) -> Iterator[None]:
-    """Switch this thread into namespace ``name`` for the block; fds opened inside (TUN,
-    sockets) stay bound to it. (``os.setns`` only exists from Python 3.12: use libc.)"""
-    libc = ctypes.CDLL(None, use_errno=True)
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(target, _CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns into {name}: {os.strerror(err)}")
-        try:
-            yield
-        finally:
-            if libc.setns(own, _CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "cannot return to the original namespace")
-    finally:
-        os.close(own)
-        os.close(target)
 
 
 @dataclass
