@@ -76,7 +76,7 @@ def test_env_fills_flags_not_given_and_cli_wins() -> None:
     [
         (["--bogus"], {}, "unknown flag: -bogus"),
         (["--kube-subnet-mgr"], {}, "flag -kube-subnet-mgr is not supported: kube subnet"),
-        (["-networks=a,b"], {}, "multi-network mode is not supported"),
+        (["-listen=:8080", "-remote=10.0.0.1:8080"], {}, "are mutually exclusive"),
         (["-iface"], {}, "flag needs a value: -iface"),
         (["--ip-masq=yes"], {}, "invalid value 'yes' for -ip-masq"),
         (["--public-ip=1.2.3"], {}, "invalid value '1.2.3' for -public-ip: expected an IPv4"),

@@ -1,5 +1,9 @@
 """The daemon: options -> subnet manager -> interface -> network lifecycle; signals; exits.
 
+Three modes: one network (default); several networks (``--networks``/``--watch-networks``,
+:mod:`flannel.multinet`); the subnet-manager server (``--listen``,
+:mod:`flannel.remote.listen`). ``--remote`` swaps etcd for a server in the first two.
+
 Exit codes (``flanneld`` and ``flannel run``):
 
 * 0: stopped by SIGTERM/SIGINT (or ``--version``/``--help``);
@@ -24,9 +28,12 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flannel import __version__, sdnotify
 from flannel.backend import BackendNetwork, ExternalInterface
@@ -40,10 +47,14 @@ from flannel.network import (
     FatalError,
     LifecycleSettings,
     NetworkLifecycle,
+    NetworksReadiness,
     Readiness,
 )
 from flannel.options import DaemonOptions
 from flannel.plugins.host import PluginHost
+
+if TYPE_CHECKING:
+    from flannel.etcd import EtcdClientConfig
 
 __all__ = ["Daemon", "configure_logging", "run_daemon"]
 
@@ -65,12 +76,11 @@ def configure_logging(opts: DaemonOptions) -> None:
 # -- adapters to the other core modules (kept in one place) ----------------------------------
 
 
-def make_subnet_manager(opts: DaemonOptions) -> SubnetManager:
-    """The etcd subnet manager for ``opts`` (raises ValueError on bad etcd flags)."""
+def etcd_client_config(opts: DaemonOptions) -> EtcdClientConfig:
+    """The etcd connection flags as a client config (raises ValueError on bad flags)."""
     from flannel.etcd import EtcdClientConfig
-    from flannel.etcd_manager import EtcdSubnetManager
 
-    client = EtcdClientConfig.from_flags(
+    return EtcdClientConfig.from_flags(
         opts.etcd_endpoints,
         ca_file=opts.etcd_cafile,
         cert_file=opts.etcd_certfile,
@@ -78,20 +88,49 @@ def make_subnet_manager(opts: DaemonOptions) -> SubnetManager:
         username=opts.etcd_username,
         password=opts.etcd_password,
     )
-    return EtcdSubnetManager(client, opts.etcd_prefix, lease_ttl=opts.lease_ttl)
 
 
-def read_previous(opts: DaemonOptions) -> PreviousSubnets | None:
+def make_subnet_manager(opts: DaemonOptions, network_name: str = "") -> SubnetManager:
+    """The subnet manager for one network: the ``--remote`` server's API, else etcd
+    (raises ValueError on bad etcd or TLS flags)."""
+    if opts.remote:
+        from flannel.remote.client import RemoteSubnetManager
+
+        try:
+            return RemoteSubnetManager(
+                opts.remote, network_name, cafile=opts.remote_cafile,
+                certfile=opts.remote_certfile, keyfile=opts.remote_keyfile,
+            )  # fmt: skip
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"cannot load the --remote-* TLS files: {exc}") from exc
+    from flannel.etcd_manager import EtcdSubnetManager
+
+    return EtcdSubnetManager(
+        etcd_client_config(opts), opts.etcd_prefix, lease_ttl=opts.lease_ttl,
+        network_name=network_name,
+    )  # fmt: skip
+
+
+def env_file(opts: DaemonOptions, network_name: str = "") -> Path:
+    """``--subnet-file`` for the default network, ``<subnet-dir>/<name>.env`` otherwise."""
+    return opts.subnet_dir / f"{network_name}.env" if network_name else opts.subnet_file
+
+
+def read_previous(opts: DaemonOptions, network_name: str = "") -> PreviousSubnets | None:
     from flannel import subnetenv
 
-    return subnetenv.read_subnet_env(opts.subnet_file).previous
+    return subnetenv.read_subnet_env(env_file(opts, network_name)).previous
 
 
-def subnet_env_writer(opts: DaemonOptions) -> Callable[[NetworkConfig, Lease, int], None]:
+def subnet_env_writer(
+    opts: DaemonOptions, network_name: str = ""
+) -> Callable[[NetworkConfig, Lease, int], None]:
     from flannel import subnetenv
+
+    path = env_file(opts, network_name)
 
     def write(config: NetworkConfig, lease: Lease, mtu: int) -> None:
-        subnetenv.write_subnet_env(opts.subnet_file, config, lease, mtu, opts.ip_masq)
+        subnetenv.write_subnet_env(path, config, lease, mtu, opts.ip_masq)
 
     return write
 
@@ -141,7 +180,11 @@ class Daemon:
     ) -> None:
         self.opts = opts
         self.metrics = Metrics()
-        self.readiness = Readiness(metrics=self.metrics)
+        self.readiness: Readiness = (
+            NetworksReadiness(metrics=self.metrics)
+            if opts.multi_network and not opts.listen
+            else Readiness(metrics=self.metrics)
+        )
         self.readiness.masq_in_place = False if opts.ip_masq else None
         self.host = host
         self.manager = manager
@@ -173,7 +216,7 @@ class Daemon:
         masq = MasqManager(
             net4, lease.subnet, ipv6_network=net6, ipv6_subnet=lease.ipv6_subnet,
             masq=opts.ip_masq, forward=opts.iptables_forward_rules,
-            backend=opts.masq_backend, metrics=self.metrics,
+            backend=opts.masq_backend, metrics=self.metrics, name=network.ctx.network_name,
         )  # fmt: skip
         backoff = Backoff(1.0, 30.0)
         try:
@@ -195,7 +238,9 @@ class Daemon:
             except (MasqError, CommandError, OSError) as exc:
                 log.warning("removing the masquerade/forward rules failed: %s", exc)
 
-    async def _serve_health(self, manager: SubnetManager) -> list[asyncio.Task[None]]:
+    async def serve_health(
+        self, probe: Callable[[], Awaitable[object]]
+    ) -> list[asyncio.Task[None]]:
         opts = self.opts
         if opts.healthz_port <= 0:
             return []
@@ -206,7 +251,6 @@ class Daemon:
             await server.start()
         except OSError as exc:
             raise FatalError(str(exc.strerror or exc)) from exc
-        probe = getattr(manager, "get_config_raw", None) or manager.list_leases
         return [
             asyncio.create_task(server.serve(), name="health-server"),
             asyncio.create_task(etcd_probe_loop(probe, self.readiness), name="etcd-probe"),
@@ -216,40 +260,83 @@ class Daemon:
         """Run until cancelled; raises :class:`FatalError` for errors needing the operator."""
         opts = self.opts
         log.info("flannel %s starting: %s", __version__, opts.describe())
+        if opts.listen:
+            await self._run_server()
+            return
         host = self.host or PluginHost.load()
+        self.host = host
         log.info("backend types available: %s", ", ".join(host.types()) or "none")
         for info in host.plugins:
             if info.status not in ("ok", "disabled"):
                 log.warning("%s is unusable: %s", info.label, info.error)
+        if opts.multi_network:
+            await self._run_networks(host)
+            return
         try:
             manager = self.manager or make_subnet_manager(opts)
         except ValueError as exc:  # bad endpoints, TLS/auth flags
             raise FatalError(str(exc)) from exc
         tasks: list[asyncio.Task[None]] = []
         try:
-            tasks = await self._serve_health(manager)
-            lifecycle = NetworkLifecycle(
-                manager,
-                host,
-                self.find_interface or interface_finder(opts),
-                subnet_env_writer(opts),
-                previous=read_previous(opts),
-                settings=LifecycleSettings(
-                    renew_margin=opts.subnet_lease_renew_margin * 60.0,
-                    options=opts.backend_view(),
-                ),
-                metrics=self.metrics,
-                readiness=self.readiness,
-                on_ready=self._on_ready,
-                companions=self.companions,
-            )
-            await lifecycle.run()
+            tasks = await self.serve_health(probe_of(manager))
+            await self.lifecycle(host, manager, "", self.readiness, self._on_ready).run()
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_all(tasks)
             with contextlib.suppress(Exception):
                 await manager.close()
+
+    def lifecycle(
+        self,
+        host: PluginHost,
+        manager: SubnetManager,
+        name: str,
+        readiness: Readiness,
+        on_ready: Callable[[BackendNetwork], None] | None,
+    ) -> NetworkLifecycle:
+        """The lifecycle of network ``name`` ("" = default) with this daemon's ops wiring
+        (metrics, masquerade companion, env file under --subnet-file or --subnet-dir)."""
+        opts = self.opts
+        return NetworkLifecycle(
+            manager,
+            host,
+            self.find_interface or interface_finder(opts),
+            subnet_env_writer(opts, name),
+            previous=read_previous(opts, name),
+            settings=LifecycleSettings(
+                renew_margin=opts.subnet_lease_renew_margin * 60.0,
+                options=opts.backend_view(),
+                network_name=name,
+            ),
+            metrics=self.metrics,
+            readiness=readiness,
+            on_ready=on_ready,
+            companions=self.companions,
+        )
+
+    # -- the other modes (their own modules) -------------------------------------------------
+
+    async def _run_networks(self, host: PluginHost) -> None:
+        from flannel.multinet import run_networks
+
+        await run_networks(self, host)
+
+    async def _run_server(self) -> None:
+        from flannel.remote.listen import run_server
+
+        await run_server(self)
+
+
+def probe_of(manager: SubnetManager) -> Callable[[], Awaitable[object]]:
+    probe: Callable[[], Awaitable[object]] = (
+        getattr(manager, "get_config_raw", None) or manager.list_leases
+    )
+    return probe
+
+
+async def cancel_all(tasks: Sequence[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _main(daemon: Daemon) -> None:

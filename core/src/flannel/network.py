@@ -50,6 +50,7 @@ __all__ = [
     "FatalError",
     "LifecycleSettings",
     "NetworkLifecycle",
+    "NetworksReadiness",
     "Readiness",
 ]
 
@@ -94,6 +95,30 @@ class Readiness(health.Readiness):
             "ipv6_subnet": str(lease.ipv6_subnet) if lease and lease.ipv6_subnet else None,
             "last_error": self.last_error or None,
         }
+
+
+@dataclass
+class NetworksReadiness(Readiness):
+    """``/readyz`` in multi-network mode: etcd reached (probe) and every network up."""
+
+    networks: dict[str, Readiness] = field(default_factory=dict)
+
+    @property
+    def network_ready(self) -> bool:
+        return bool(self.networks) and all(r.network_ready for r in self.networks.values())
+
+    def __call__(self) -> tuple[bool, str]:
+        _, base = super().__call__()
+        reasons = [r for r in base.split("; ") if r.startswith("etcd")]
+        if self.masq_in_place is False:
+            reasons.append("masquerade rules not in place")
+        if not self.networks:
+            reasons.append("no network running")
+        for name, net in sorted(self.networks.items()):
+            ok, why = net()
+            if not ok:
+                reasons.append(f"network {name}: {why}")
+        return (not reasons, "; ".join(reasons) or "ready")
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from ipaddress import IPv4Address, IPv6Address
@@ -22,6 +23,7 @@ from typing import Any
 __all__ = [
     "DEFAULT_ETCD_ENDPOINTS",
     "DEFAULT_ETCD_PREFIX",
+    "DEFAULT_SUBNET_DIR",
     "DEFAULT_SUBNET_FILE",
     "FLAGS",
     "DaemonOptions",
@@ -35,6 +37,7 @@ __all__ = [
 DEFAULT_ETCD_ENDPOINTS = ("http://127.0.0.1:4001", "http://127.0.0.1:2379")
 DEFAULT_ETCD_PREFIX = "/coreos.com/network"
 DEFAULT_SUBNET_FILE = Path("/run/flannel/subnet.env")
+DEFAULT_SUBNET_DIR = Path("/run/flannel/networks")
 ENV_PREFIX = "FLANNELD_"
 MASK = "******"
 
@@ -82,6 +85,28 @@ class DaemonOptions:
     """klog's flag, accepted so flanneld command lines keep working; ignored."""
     log_backtrace_at: str = ""
     """klog's flag, accepted so flanneld command lines keep working; ignored."""
+    listen: str = ""
+    """Server mode (``host:port``): serve the subnet-manager API, do not join a network."""
+    remote: str = ""
+    """Client mode (``host:port``): use the ``--listen`` server there instead of etcd."""
+    remote_keyfile: str = ""
+    remote_certfile: str = ""
+    remote_cafile: str = ""
+    networks: list[str] = field(default_factory=list)
+    """Multi-network mode: the networks to join (configs at ``<prefix>/<name>/config``)."""
+    watch_networks: bool = False
+    """Multi-network mode: join and leave networks as their configs appear and go."""
+    subnet_dir: Path = DEFAULT_SUBNET_DIR
+    """Multi-network mode: ``<subnet-dir>/<name>.env`` per network."""
+
+    @property
+    def multi_network(self) -> bool:
+        """flanneld 0.7.1: ``--networks`` non-empty or ``--watch-networks`` set."""
+        return bool(self.networks) or self.watch_networks
+
+    @property
+    def remote_tls(self) -> bool:
+        return bool(self.remote_cafile or self.remote_certfile or self.remote_keyfile)
 
     def redacted(self) -> dict[str, Any]:
         """The options as a dict for logging: the etcd password is masked."""
@@ -189,6 +214,41 @@ def _masq_backend(text: str) -> str:
     return text
 
 
+def _host_port(text: str) -> str:
+    """``host:port`` (``tcp://`` and ``[v6]:port`` accepted), normalised to ``host:port``."""
+    body = text.removeprefix("tcp://")
+    if "://" in body:
+        raise ValueError("bad listener scheme: use host:port or tcp://host:port")
+    host, sep, port = body.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected host:port, e.g. 198.18.0.1:8080")
+    return f"{host or '0.0.0.0'}:{int(port)}"
+
+
+def _remote(text: str) -> str:
+    body = text.removeprefix("http://").removeprefix("https://").rstrip("/")
+    host, sep, port = body.rpartition(":")
+    if not host or not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected host:port of the --listen server, e.g. 198.18.0.1:8080")
+    return body
+
+
+_NETWORK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _networks(text: str) -> list[str]:
+    names = [item.strip() for item in text.split(",") if item.strip()]
+    for name in names:
+        if not _NETWORK_NAME.fullmatch(name) or name in ("subnets", "config"):
+            raise ValueError(
+                f"{name!r} is not a network name: use letters, digits, '.', '_' or '-' "
+                "(not 'config' or 'subnets')"
+            )
+    if len(set(names)) != len(names):
+        raise ValueError("a network is named twice")
+    return names
+
+
 def _host_ip(text: str) -> str:
     try:
         ipaddress.ip_address(text)
@@ -251,6 +311,22 @@ FLAGS: tuple[Flag, ...] = (
           metavar="file:line"),
     _flag("masq-backend", _masq_backend, "install masquerade/forward rules with: auto, "
           "iptables or nftables", metavar="name"),
+    _flag("listen", _host_port, "server mode: serve the subnet-manager API on host:port "
+          "(no network join)", metavar="host:port"),
+    _flag("remote", _remote, "client mode: use the --listen server at host:port instead "
+          "of etcd", metavar="host:port"),
+    _flag("remote-keyfile", _str, "TLS key (server: its own; client: its client key)",
+          metavar="file"),
+    _flag("remote-certfile", _str, "TLS certificate (server: its own; client: presented)",
+          metavar="file"),
+    _flag("remote-cafile", _str, "CA (server: client certs required; client: verifies "
+          "the server)", metavar="file"),
+    _flag("networks", _networks, "multi-network mode: comma-separated networks to join",
+          metavar="names"),
+    _flag("watch-networks", _bool, "multi-network mode: join/leave networks as their "
+          "configs appear/disappear", is_bool=True),
+    _flag("subnet-dir", _path, "multi-network mode: directory of <network>.env files",
+          metavar="dir"),
 )  # fmt: skip
 
 _BY_NAME = {f.name: f for f in FLAGS}
@@ -258,15 +334,10 @@ _HELP_NAMES = {"h", "help"}
 
 
 _KUBE = "kube subnet manager mode is not supported: use etcd (-etcd-endpoints)"
-_REMOTE = "v0.7 client/server mode is not supported: connect every host to etcd"
-_MULTI = "v0.7 multi-network mode is not supported: run one daemon per -etcd-prefix"
 UNSUPPORTED = {
     "kube-subnet-mgr": _KUBE, "kube-api-url": _KUBE, "kubeconfig-file": _KUBE,
     "kube-annotation-prefix": _KUBE, "net-config-path": _KUBE,
     "set-node-network-unavailable": _KUBE,
-    "listen": _REMOTE, "remote": _REMOTE, "remote-keyfile": _REMOTE,
-    "remote-certfile": _REMOTE, "remote-cafile": _REMOTE,
-    "networks": _MULTI, "watch-networks": _MULTI, "subnet-dir": _MULTI,
 }  # fmt: skip
 """flanneld flags this implementation deliberately lacks, with what to do instead."""
 
@@ -364,6 +435,26 @@ def validate(opts: DaemonOptions) -> None:
     if bool(opts.etcd_certfile) != bool(opts.etcd_keyfile):
         raise UsageError(
             "-etcd-certfile and -etcd-keyfile go together: give both for client TLS, or neither"
+        )
+    _validate_remote(opts)
+
+
+def _validate_remote(opts: DaemonOptions) -> None:
+    if opts.listen and opts.remote:
+        raise UsageError(
+            f"-listen={opts.listen} and -remote={opts.remote} are mutually exclusive: a host "
+            "is either the server or a client"
+        )
+    if bool(opts.remote_certfile) != bool(opts.remote_keyfile):
+        raise UsageError("-remote-certfile and -remote-keyfile go together: give both, or neither")
+    if opts.listen and opts.remote_cafile and not opts.remote_certfile:
+        raise UsageError(
+            "-remote-cafile on a -listen server needs -remote-certfile and -remote-keyfile: "
+            "the server must present its own certificate before it can check clients'"
+        )
+    if not (opts.listen or opts.remote) and opts.remote_tls:
+        raise UsageError(
+            "-remote-certfile/-remote-keyfile/-remote-cafile only apply with -listen or -remote"
         )
 
 

@@ -46,8 +46,11 @@ class MasqManager:
         runner: Runner = run_command,
         metrics: Metrics | None = None,
         driver: MasqDriver | None = None,
+        name: str = "",
     ) -> None:
         self._want = (network, subnet, ipv6_network, ipv6_subnet)
+        self.name = name
+        """The network's name in multi-network mode: its own chains/tables."""
         self.masq = masq
         self.forward = forward
         self.backend = backend
@@ -78,7 +81,7 @@ class MasqManager:
             random_fully = await self.driver.random_fully(4 if network is not None else 6)
             self.rule_set = build_rule_set(
                 network, subnet, net6, subnet6,
-                masq=self.masq, forward=self.forward, random_fully=random_fully,
+                masq=self.masq, forward=self.forward, random_fully=random_fully, name=self.name,
             )  # fmt: skip
         return self.driver, self.rule_set
 

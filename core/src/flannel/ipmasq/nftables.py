@@ -23,8 +23,9 @@ __all__ = ["NftablesDriver", "render_table", "table_name"]
 log = logging.getLogger(__name__)
 
 
-def table_name(family: int) -> str:
-    return f"flannel-ipv{family}"
+def table_name(family: int, name: str = "") -> str:
+    """``flannel-ipv4``; ``flannel-ipv4-<name>`` for a named network (multi-network mode)."""
+    return f"flannel-ipv{family}" + (f"-{name}" if name else "")
 
 
 def _nft_family(family: int) -> str:
@@ -38,7 +39,7 @@ def render_table(fam: FamilyRules) -> str:
     masq_c = f'comment "{MASQ_COMMENT}"'
     fwd_c = f'comment "{FORWARD_COMMENT}"'
     masquerade = "masquerade fully-random" if fam.random_fully else "masquerade"
-    name = table_name(fam.family)
+    name = table_name(fam.family, fam.name)
     chains: list[list[str]] = []
     if fam.masq:
         s = str(fam.subnet)
@@ -102,8 +103,8 @@ class NftablesDriver:
         result = await self.runner(["nft", "-c", "-f", "-"], probe)
         return result.returncode == 0
 
-    async def _list(self, family: int) -> str | None:
-        argv = ["nft", "list", "table", _nft_family(family), table_name(family)]
+    async def _list(self, family: int, name: str = "") -> str | None:
+        argv = ["nft", "list", "table", _nft_family(family), table_name(family, name)]
         result = await self.runner(argv, None)
         if result.returncode != 0:
             if "No such file or directory" in result.stderr:
@@ -124,8 +125,8 @@ class NftablesDriver:
         for fam in rule_set.families:
             if not (fam.masq or fam.forward):
                 continue
-            listed = await self._list(fam.family)
-            name = f"{_nft_family(fam.family)} {table_name(fam.family)}"
+            listed = await self._list(fam.family, fam.name)
+            name = f"{_nft_family(fam.family)} {table_name(fam.family, fam.name)}"
             if listed is None:
                 problems.append(f"table {name} is missing")
                 continue
@@ -138,12 +139,12 @@ class NftablesDriver:
         for fam in rule_set.families:
             if only and fam.family not in only:
                 continue
-            f, name = _nft_family(fam.family), table_name(fam.family)
+            f, name = _nft_family(fam.family), table_name(fam.family, fam.name)
             script = f"add table {f} {name}\ndelete table {f} {name}\n"
             if fam.masq or fam.forward:
                 script += render_table(fam)
             await self._run_script(script)
-            listed = await self._list(fam.family)
+            listed = await self._list(fam.family, fam.name)
             if listed is not None:
                 got, want = _normal(listed), _normal(render_table(fam))
                 if got != want:  # another nft version formats differently: trust what it says
@@ -164,8 +165,8 @@ class NftablesDriver:
 
     async def teardown(self, rule_set: RuleSet) -> None:
         for fam in rule_set.families:
-            if await self._list(fam.family) is None:
+            if await self._list(fam.family, fam.name) is None:
                 continue
-            f, name = _nft_family(fam.family), table_name(fam.family)
+            f, name = _nft_family(fam.family), table_name(fam.family, fam.name)
             await self._run_script(f"delete table {f} {name}\n")
             self._expected.pop(fam.family, None)

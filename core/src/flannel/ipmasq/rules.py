@@ -14,6 +14,7 @@ N is the flannel network, S this host's lease subnet, mcast 224.0.0.0/4 or ff00:
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network
 
@@ -72,6 +73,17 @@ class FamilyRules:
     masq: bool
     forward: bool
     random_fully: bool
+    name: str = ""
+    """The network's name in multi-network mode ("" = the default network): each network
+    gets its own chains (``FLANNEL-POSTRTG-<name>``) so networks never rewrite each other's."""
+
+    @property
+    def masq_chain(self) -> str:
+        return chain_name(MASQ_CHAIN, self.name)
+
+    @property
+    def forward_chain(self) -> str:
+        return chain_name(FORWARD_CHAIN, self.name)
 
     @property
     def multicast(self) -> str:
@@ -81,9 +93,11 @@ class FamilyRules:
         """flanneld v0.20.2's rules, in order; first the nat table, then filter."""
         rules: list[Rule] = []
         if self.masq:
-            rules += masq_rules(self.network, self._subnet(), self.multicast, self.random_fully)
+            rules += masq_rules(
+                self.network, self._subnet(), self.multicast, self.random_fully, self.masq_chain
+            )
         if self.forward:
-            rules += forward_rules(self.network)
+            rules += forward_rules(self.network, self.forward_chain)
         return rules
 
     def tables(self) -> list[str]:
@@ -98,16 +112,32 @@ class FamilyRules:
         return self.subnet
 
 
-def masq_rules(network: IPNetwork, subnet: IPNetwork, mcast: str, random_fully: bool) -> list[Rule]:
+def chain_name(base: str, name: str) -> str:
+    """``base`` for the default network, ``base-<name>`` for a named one (iptables chain
+    names have at most 28 characters: a long name is cut and given a hash suffix)."""
+    if not name:
+        return base
+    if len(name) > 12:
+        name = name[:7] + "-" + hashlib.sha1(name.encode()).hexdigest()[:4]
+    return f"{base}-{name}"
+
+
+def masq_rules(
+    network: IPNetwork,
+    subnet: IPNetwork,
+    mcast: str,
+    random_fully: bool,
+    chain: str = MASQ_CHAIN,
+) -> list[Rule]:
     n, s = str(network), str(subnet)
     comment = ("-m", "comment", "--comment", MASQ_COMMENT)
     masq = ("-j", "MASQUERADE", "--random-fully") if random_fully else ("-j", "MASQUERADE")
 
     def rule(*spec: str) -> Rule:
-        return Rule("nat", MASQ_CHAIN, spec)
+        return Rule("nat", chain, spec)
 
     return [
-        Rule("nat", "POSTROUTING", (*comment, "-j", MASQ_CHAIN), insert=True),
+        Rule("nat", "POSTROUTING", (*comment, "-j", chain), insert=True),
         # kube-proxy marks traffic it will masquerade itself; NATing twice breaks some kernels
         rule("-m", "mark", "--mark", KUBE_PROXY_MARK, *comment, "-j", "RETURN"),
         # pod to pod inside the overlay keeps its addresses
@@ -121,13 +151,13 @@ def masq_rules(network: IPNetwork, subnet: IPNetwork, mcast: str, random_fully: 
     ]
 
 
-def forward_rules(network: IPNetwork) -> list[Rule]:
+def forward_rules(network: IPNetwork, chain: str = FORWARD_CHAIN) -> list[Rule]:
     n = str(network)
     comment = ("-m", "comment", "--comment", FORWARD_COMMENT)
     return [
-        Rule("filter", "FORWARD", (*comment, "-j", FORWARD_CHAIN), insert=True),
-        Rule("filter", FORWARD_CHAIN, ("-s", n, *comment, "-j", "ACCEPT")),
-        Rule("filter", FORWARD_CHAIN, ("-d", n, *comment, "-j", "ACCEPT")),
+        Rule("filter", "FORWARD", (*comment, "-j", chain), insert=True),
+        Rule("filter", chain, ("-s", n, *comment, "-j", "ACCEPT")),
+        Rule("filter", chain, ("-d", n, *comment, "-j", "ACCEPT")),
     ]
 
 
@@ -150,13 +180,17 @@ def build_rule_set(
     masq: bool = True,
     forward: bool = True,
     random_fully: bool = True,
+    name: str = "",
 ) -> RuleSet:
-    """The rules for the enabled families (a family is enabled when its network is given)."""
+    """The rules for the enabled families (a family is enabled when its network is given).
+    ``name``: the network's name in multi-network mode (its own chains and nft tables)."""
     families: list[FamilyRules] = []
     if network is not None:
-        families.append(FamilyRules(4, network, subnet, masq, forward, random_fully))
+        families.append(FamilyRules(4, network, subnet, masq, forward, random_fully, name))
     if ipv6_network is not None:
-        families.append(FamilyRules(6, ipv6_network, ipv6_subnet, masq, forward, random_fully))
+        families.append(
+            FamilyRules(6, ipv6_network, ipv6_subnet, masq, forward, random_fully, name)
+        )
     for fam in families:
         if fam.subnet is not None and not fam.subnet.subnet_of(fam.network):  # type: ignore[arg-type]
             raise ValueError(

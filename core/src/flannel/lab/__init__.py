@@ -17,10 +17,23 @@ API summary (for every backend's multi-host tests; needs root, etcd, iproute2, p
         lab.remove_host("h2", delete_lease=True)
         lab.restart_daemon("h1"); lab.stop_daemon("h1"); lab.start_daemon("h1")
         lab.logs("h1"); lab.status(); lab.etcdctl("get", "--prefix", "/coreos.com")
+        lab.add_host(args=["--remote-certfile="])   # extra flags for one host
+
+    # client/server: `flannel run --listen 198.18.0.1:8080` in the hub, hosts use --remote
+    Lab(name="cs", server=True, server_args=[...TLS flags], daemon_args=[...])
+    lab.stop_server(); lab.start_server(); lab.restart_server(); lab.server_logs()
+
+    # several networks: configs at <prefix>/<name>/config, --subnet-dir per host, and a
+    # pod per network per host (namespace <host netns>-<name>, bridge cni<i>)
+    Lab(name="mn", networks={"blue": {...}, "red": {...}}, daemon_args=["--watch-networks"])
+    lab.wait_ready(network="blue"); lab.ping_matrix(network="red"); lab.ping(a, b, network=n)
+    h.subnet_env("blue"); h.subnet_of("blue"); h.pod_netns_of("blue"); h.env_file("blue")
+    lab.set_network_config("red", {...}); lab.delete_network_config("red")
 
 Constructor: ``Lab(name, hosts=3, backend="host-gw", network="10.244.0.0/16", config=None,
 segments=1, *, ipv6=False, ipv6_network="fd00:10:244::/56", tag=None,
-etcd_prefix="/coreos.com/network", daemon_args=(), progress=None)``. ``config`` (dict or
+etcd_prefix="/coreos.com/network", daemon_args=(), progress=None, server=False,
+server_args=(), networks=None)``. ``config`` (dict or
 JSON text) is the network config; ``Network`` and ``Backend.Type`` are filled from
 ``network``/``backend`` when absent. ``daemon_args`` are appended to every ``flannel run``.
 

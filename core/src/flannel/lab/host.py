@@ -79,16 +79,36 @@ class LabHost:
     def log_file(self) -> Path:
         return self.dir / "flannel.log"
 
-    def subnet_env(self) -> dict[str, str] | None:
-        return read_env(self.subnet_file)
+    @property
+    def subnet_dir(self) -> Path:
+        """``--subnet-dir`` of a multi-network lab: ``<name>.env`` per network."""
+        return self.dir / "networks"
+
+    def env_file(self, network: str | None = None) -> Path:
+        return self.subnet_dir / f"{network}.env" if network else self.subnet_file
+
+    def subnet_env(self, network: str | None = None) -> dict[str, str] | None:
+        return read_env(self.env_file(network))
 
     @property
     def subnet(self) -> str | None:
         """The host's subnet (``10.244.5.0/24``) from subnet.env, if written yet."""
-        env = self.subnet_env()
+        return self.subnet_of(None)
+
+    def subnet_of(self, network: str | None) -> str | None:
+        """The host's subnet in ``network`` (None: the default network)."""
+        env = self.subnet_env(network)
         if not env or "FLANNEL_SUBNET" not in env:
             return None
         return str(IPv4Interface(env["FLANNEL_SUBNET"]).network)
+
+    def pod_netns_of(self, network: str | None) -> str:
+        """The pod namespace for ``network`` (None: the default network's pod)."""
+        return f"{self.netns}-{network}" if network else self.pod_netns
+
+    def pod_ip_of(self, network: str | None) -> str | None:
+        sub = self.subnet_of(network)
+        return str(ip_network(sub)[2]) if sub else None
 
     @property
     def ipv6_subnet(self) -> str | None:

@@ -24,6 +24,7 @@ from flannel.lab.system import (
     netns_delete,
     netns_exists,
     ns_run,
+    proc_alive,
     proc_record,
     stop_proc,
 )
@@ -60,6 +61,9 @@ class Lab:
         etcd_prefix: str = "/coreos.com/network",
         daemon_args: Iterable[str] = (),
         progress: Progress | None = None,
+        server: bool = False,
+        server_args: Iterable[str] = (),
+        networks: Mapping[str, Mapping[str, Any] | str] | None = None,
     ) -> None:
         if not 1 <= segments <= 4:
             raise LabError(f"segments must be 1..4, got {segments}")
@@ -79,6 +83,12 @@ class Lab:
             daemon_args=list(daemon_args),
             hub=f"{prefix}-hub",
             router=f"{prefix}-router" if segments > 1 else None,
+            server=server,
+            server_args=list(server_args),
+            networks={
+                name: _network_config(cfg, network, backend, ipv6, ipv6_network)
+                for name, cfg in (networks or {}).items()
+            },
         )
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._made = False
@@ -160,7 +170,14 @@ class Lab:
         self.progress("etcd in the hub")
         self._start_etcd()
         self.progress("network config")
-        self.etcdctl("put", f"{st.etcd_prefix}/config", json.dumps(st.config))
+        if st.networks:
+            for net, cfg in st.networks.items():
+                self.set_network_config(net, cfg)
+        else:
+            self.etcdctl("put", f"{st.etcd_prefix}/config", json.dumps(st.config))
+        if st.server:
+            self.progress("subnet-manager server (--listen) in the hub")
+            self.start_server()
         names = [self._make_host() for _ in range(self.initial_hosts)]
         self.progress(f"starting {len(names)} daemons")
         for name in names:
@@ -212,17 +229,24 @@ class Lab:
         host = HostState(name, index, netns, f"{netns}-pod", seg, addr,
                          addr6 if st.ipv6 else None, f"vh{index}")  # fmt: skip
         st.hosts[name] = host
-        st.namespaces += [netns, host.pod_netns]
+        net_pods = [f"{netns}-{net}" for net in st.networks]
+        st.namespaces += [netns, host.pod_netns, *net_pods]
         st.save()
         self.progress(f"host {name}: {addr} on segment {seg}")
         topology.make_host(st.hub, netns, index, seg, st.segments, st.ipv6)
-        netns_add(host.pod_netns)
+        for ns in [host.pod_netns, *net_pods]:
+            netns_add(ns)
         (self.dir / name).mkdir(exist_ok=True)
         return name
 
-    def add_host(self, segment: int | None = None, start: bool = True) -> str:
-        """Add a host (next free index) and start its daemon; ``wait_ready`` to wait."""
+    def add_host(
+        self, segment: int | None = None, start: bool = True, args: Iterable[str] = ()
+    ) -> str:
+        """Add a host (next free index) and start its daemon; ``wait_ready`` to wait.
+        ``args`` are extra ``flannel run`` arguments for this host only."""
         name = self._make_host(segment)
+        self.state.hosts[name].args = list(args)
+        self.state.save()
         if start:
             self.start_daemon(name)
         return name
@@ -236,7 +260,8 @@ class Lab:
             net = ip_network(subnet)
             key = f"{self.state.etcd_prefix}/subnets/{net.network_address}-{net.prefixlen}"
             self.etcdctl("del", "--prefix", key)
-        for ns in (host.pod_netns, host.netns):
+        for ns in (*(host.pod_netns_of(n) for n in self.state.networks), host.pod_netns,
+                   host.netns):  # fmt: skip
             netns_delete(ns)
             if ns in self.state.namespaces:
                 self.state.namespaces.remove(ns)
@@ -245,12 +270,88 @@ class Lab:
 
     def daemon_argv(self, name: str) -> list[str]:
         host = self.host(name)
+        st = self.state
+        if st.server:
+            store = ["--remote", self.server_address]
+        else:
+            store = ["--etcd-endpoints", self.etcd_endpoint, "--etcd-prefix", st.etcd_prefix]
+        if st.networks:
+            store += ["--subnet-dir", str(host.subnet_dir)]
         return [
             "ip", "netns", "exec", host.netns, sys.executable, "-m", "flannel", "run",
-            "--etcd-endpoints", self.etcd_endpoint, "--etcd-prefix", self.state.etcd_prefix,
-            "--iface", "eth0", "--subnet-file", str(host.subnet_file),
-            *self.state.daemon_args,
+            *store, "--iface", "eth0", "--subnet-file", str(host.subnet_file),
+            *st.daemon_args, *host.state.args,
         ]  # fmt: skip
+
+    # -- the --listen server (client/server labs) ---------------------------------------
+
+    @property
+    def server_address(self) -> str:
+        return f"{topology.HUB_ADDR}:{topology.SERVER_PORT}"
+
+    @property
+    def server_log_file(self) -> Path:
+        return self.dir / "server.log"
+
+    def server_argv(self) -> list[str]:
+        st = self.state
+        return [
+            "ip", "netns", "exec", st.hub, sys.executable, "-m", "flannel", "run",
+            "--listen", self.server_address, "--etcd-endpoints", self.etcd_endpoint,
+            "--etcd-prefix", st.etcd_prefix, *st.server_args,
+        ]  # fmt: skip
+
+    def start_server(self) -> None:
+        """Start the hub's ``flannel run --listen`` and wait until it accepts connections."""
+        if proc_alive(self.state.server_proc):
+            return
+        argv = self.server_argv()
+        with open(self.server_log_file, "ab") as log:
+            log.write(f"--- {time.strftime('%H:%M:%S')} {' '.join(argv)}\n".encode())
+            log.flush()
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        self._procs["@server"] = proc
+        self.state.server_proc = proc_record(proc.pid, argv)
+        self.state.save()
+        deadline = time.monotonic() + 30
+        while not _listening(self.state.hub, topology.SERVER_PORT):
+            if proc.poll() is not None:
+                raise LabError(f"the --listen server exited:\n{_tail(self.server_logs())}")
+            if time.monotonic() > deadline:
+                raise LabError(f"the --listen server is not listening after 30 s:\n"
+                               f"{_tail(self.server_logs())}")  # fmt: skip
+            time.sleep(0.1)
+
+    def stop_server(self) -> None:
+        stop_proc(self.state.server_proc)
+        proc = self._procs.pop("@server", None)
+        if proc is not None:
+            proc.poll()
+        self.state.server_proc = None
+        self.state.save()
+
+    def restart_server(self) -> None:
+        self.stop_server()
+        self.start_server()
+
+    def server_logs(self) -> str:
+        path = self.server_log_file
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    # -- networks (multi-network labs) ----------------------------------------------------
+
+    def set_network_config(self, network: str, config: Mapping[str, Any]) -> None:
+        """Put ``<etcd_prefix>/<network>/config`` (adds the network under --watch-networks)."""
+        self.state.networks[network] = dict(config)
+        self.state.save()
+        self.etcdctl("put", f"{self.state.etcd_prefix}/{network}/config", json.dumps(config))
+
+    def delete_network_config(self, network: str) -> None:
+        """Delete ``<etcd_prefix>/<network>/config`` (removes it under --watch-networks)."""
+        self.etcdctl("del", f"{self.state.etcd_prefix}/{network}/config")
 
     def start_daemon(self, name: str) -> None:
         host = self.host(name)
@@ -289,6 +390,9 @@ class Lab:
 
     def sync_pods(self) -> None:
         """Build (or rebuild) each host's pod once its subnet.env is there."""
+        if self.state.networks:
+            self._sync_network_pods()
+            return
         for name in self.hosts:
             host = self.host(name)
             env = host.subnet_env()
@@ -304,21 +408,52 @@ class Lab:
             host.state.pod_subnet = want
             self.state.save()
 
-    def missing(self, routes: bool = True) -> list[str]:
-        """What keeps the lab from being ready (empty when ready)."""
+    def _sync_network_pods(self) -> None:
+        for name in self.hosts:
+            host = self.host(name)
+            for index, net in enumerate(sorted(self.state.networks)):
+                env = host.subnet_env(net)
+                if not env or "FLANNEL_SUBNET" not in env:
+                    continue
+                want = _pod_key(env)
+                if host.state.net_pods.get(net) == want:
+                    continue
+                mtu = int(env.get("FLANNEL_MTU", "1500"))
+                self.progress(f"{net} pod on {name}: {env['FLANNEL_SUBNET']} mtu {mtu}")
+                topology.make_pod(host.netns, host.pod_netns_of(net), env["FLANNEL_SUBNET"],
+                                  mtu, bridge=f"cni{index}", veth=f"vnet{index}")  # fmt: skip
+                host.state.net_pods[net] = want
+                self.state.save()
+
+    def _networks_to_check(self, network: str | None) -> list[str | None]:
+        if network is not None or not self.state.networks:
+            return [network]
+        return list(sorted(self.state.networks))
+
+    def missing(self, routes: bool = True, network: str | None = None) -> list[str]:
+        """What keeps the lab from being ready (empty when ready). Multi-network labs:
+        ``network`` checks one network; None checks all."""
+        problems = []
+        for net in self._networks_to_check(network):
+            problems += self._missing(routes, net)
+        return problems
+
+    def _missing(self, routes: bool, network: str | None) -> list[str]:
         problems = []
         subnets: dict[str, str] = {}
+        label = f"{network}: " if network else ""
         for name in self.hosts:
             host = self.host(name)
             if not host.daemon_running():
                 problems.append(f"{name}: daemon not running")
                 continue
-            env = host.subnet_env()
-            sub = host.subnet
+            env = host.subnet_env(network)
+            sub = host.subnet_of(network)
+            built = host.state.net_pods.get(network) if network else host.state.pod_subnet
             if env is None or sub is None:
-                problems.append(f"{name}: no subnet.env yet")
-            elif host.state.pod_subnet != _pod_key(env):
-                problems.append(f"{name}: pod not built yet")
+                problems.append(f"{label}{name}: no subnet.env yet")
+            elif built != _pod_key(env):
+                problems.append(f"{label}{name}: pod not built yet")
             else:
                 subnets[name] = sub
         if routes and not problems:
@@ -329,17 +464,19 @@ class Lab:
                 others6 = {s for n, s in v6.items() if n != name and s}
                 lacking |= others6 - self.host(name).routes_to(others6, family=6)
                 if lacking:
-                    problems.append(f"{name}: no route to {', '.join(sorted(lacking))}")
+                    problems.append(f"{label}{name}: no route to {', '.join(sorted(lacking))}")
         return problems
 
-    def wait_ready(self, timeout: float = 60.0, routes: bool = True) -> None:
+    def wait_ready(
+        self, timeout: float = 60.0, routes: bool = True, network: str | None = None
+    ) -> None:
         """Wait until every daemon wrote subnet.env (pods built) and, with ``routes``,
         every host routes every other host's subnet. Raises :class:`LabError` (with the
         daemon's log tail) if a daemon dies or time runs out."""
         deadline = time.monotonic() + timeout
         while True:
             self.sync_pods()
-            problems = self.missing(routes)
+            problems = self.missing(routes, network)
             if not problems:
                 return
             for name in self.hosts:
@@ -353,27 +490,37 @@ class Lab:
 
     # -- traffic ------------------------------------------------------------------------
 
-    def ping(self, src: str, dst: str, family: int = 4, count: int = 2) -> bool:
-        """Ping ``dst``'s pod from ``src``'s pod; True if any reply came back."""
-        target = self.host(dst).pod_ip6 if family == 6 else self.host(dst).pod_ip
+    def ping(
+        self, src: str, dst: str, family: int = 4, count: int = 2, network: str | None = None
+    ) -> bool:
+        """Ping ``dst``'s pod from ``src``'s pod (in ``network``, multi-network labs);
+        True if any reply came back."""
+        if network is not None:
+            target = self.host(dst).pod_ip_of(network)
+        else:
+            target = self.host(dst).pod_ip6 if family == 6 else self.host(dst).pod_ip
         if target is None:
             return False
         done = ns_run(
-            self.host(src).pod_netns,
+            self.host(src).pod_netns_of(network),
             ["ping", f"-{family}", "-c", str(count), "-i", "0.2", "-W", "1", "-q", target],
             check=False,
         )
         return done.returncode == 0
 
     def ping_matrix(
-        self, sample: int | None = None, family: int = 4, seed: int | None = None
+        self,
+        sample: int | None = None,
+        family: int = 4,
+        seed: int | None = None,
+        network: str | None = None,
     ) -> dict[tuple[str, str], bool]:
         """Pod-to-pod pings for every ordered host pair (or ``sample`` random pairs)."""
         pairs = [(a, b) for a in self.hosts for b in self.hosts if a != b]
         if sample is not None and sample < len(pairs):
             pairs = random.Random(seed).sample(pairs, sample)
         with ThreadPoolExecutor(max_workers=8) as pool:
-            results = pool.map(lambda p: self.ping(p[0], p[1], family), pairs)
+            results = pool.map(lambda p: self.ping(p[0], p[1], family, network=network), pairs)
             return dict(zip(pairs, results, strict=True))
 
     def status(self) -> list[HostStatus]:
@@ -390,6 +537,11 @@ class Lab:
             rows.append(HostStatus(name, host.address, host.state.segment, subnets[name],
                                    daemon, routed, len(others), host.pod_ip))  # fmt: skip
         return rows
+
+
+def _listening(netns: str, port: int) -> bool:
+    done = ns_run(netns, ["ss", "-Htln", f"sport = :{port}"], check=False)
+    return bool(done.stdout.strip())
 
 
 def _pod_key(env: Mapping[str, str]) -> str:
@@ -447,6 +599,7 @@ def down_prefix(prefix: str, state: LabState | None = None) -> None:
         state = LabState.load(path)
     for host in state.hosts.values():
         stop_proc(host.daemon)
+    stop_proc(state.server_proc)
     stop_proc(state.etcd)
     for ns in reversed(state.namespaces):
         netns_delete(ns)

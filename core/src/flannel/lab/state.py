@@ -42,6 +42,10 @@ class HostState:
     daemon: ProcRecord | None = None
     pod_subnet: str | None = None
     """The FLANNEL_SUBNET the pod network was built from (rebuilt if it changes)."""
+    args: list[str] = field(default_factory=list)
+    """Extra ``flannel run`` arguments for this host only."""
+    net_pods: dict[str, str] = field(default_factory=dict)
+    """Multi-network labs: network name -> the env key its pod was built from."""
 
 
 @dataclass
@@ -60,6 +64,12 @@ class LabState:
     namespaces: list[str] = field(default_factory=list)
     hosts: dict[str, HostState] = field(default_factory=dict)
     next_index: int = 1
+    server: bool = False
+    """Client/server lab: a ``--listen`` server in the hub, hosts use ``--remote``."""
+    server_args: list[str] = field(default_factory=list)
+    server_proc: ProcRecord | None = None
+    networks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Multi-network lab: name -> config at ``<etcd_prefix>/<name>/config``."""
 
     @property
     def path(self) -> Path:
@@ -79,4 +89,10 @@ class LabState:
             daemon = raw.pop("daemon", None)
             hosts[name] = HostState(**raw, daemon=ProcRecord(**daemon) if daemon else None)
         etcd = doc.pop("etcd", None)
-        return cls(**doc, hosts=hosts, etcd=ProcRecord(**etcd) if etcd else None)
+        server = doc.pop("server_proc", None)
+        return cls(
+            **doc,
+            hosts=hosts,
+            etcd=ProcRecord(**etcd) if etcd else None,
+            server_proc=ProcRecord(**server) if server else None,
+        )

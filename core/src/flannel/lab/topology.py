@@ -16,6 +16,7 @@ from flannel.lab.system import LabError, ip, ip_batch, netns_add, ns_run
 __all__ = [
     "HUB_ADDR",
     "MAX_HOSTS",
+    "SERVER_PORT",
     "host_addresses",
     "make_host",
     "make_hub",
@@ -24,6 +25,8 @@ __all__ = [
 ]
 
 HUB_ADDR = "198.18.0.1"
+SERVER_PORT = 8080
+"""Where a client/server lab's ``--listen`` server listens (on HUB_ADDR)."""
 MAX_HOSTS = 240
 
 
@@ -87,21 +90,28 @@ def make_host(
 
 
 def make_pod(
-    host_ns: str, pod_ns: str, subnet: str, mtu: int, subnet6: str | None = None
+    host_ns: str,
+    pod_ns: str,
+    subnet: str,
+    mtu: int,
+    subnet6: str | None = None,
+    *,
+    bridge: str = "cni0",
+    veth: str = "veth0",
 ) -> tuple[str, str | None]:
-    """(Re)build ``cni0`` and the pod from FLANNEL_SUBNET (``10.244.5.1/24``); returns
-    the pod's addresses."""
-    ns_run(host_ns, ["ip", "link", "del", "cni0"], check=False)
-    ns_run(host_ns, ["ip", "link", "del", "veth0"], check=False)
+    """(Re)build ``bridge`` and the pod from FLANNEL_SUBNET (``10.244.5.1/24``); returns
+    the pod's addresses. Several networks: one bridge, veth and pod namespace each."""
+    ns_run(host_ns, ["ip", "link", "del", bridge], check=False)
+    ns_run(host_ns, ["ip", "link", "del", veth], check=False)
     gw = IPv4Interface(subnet)
     pod = IPv4Interface((int(gw.ip) + 1, gw.network.prefixlen))
     host_lines = [
-        "link add cni0 type bridge",
-        f"link set cni0 mtu {mtu} up",
-        f"addr add {gw} dev cni0",
-        f"link add veth0 mtu {mtu} type veth peer name eth0 netns {pod_ns}",
-        "link set veth0 master cni0",
-        "link set veth0 up",
+        f"link add {bridge} type bridge",
+        f"link set {bridge} mtu {mtu} up",
+        f"addr add {gw} dev {bridge}",
+        f"link add {veth} mtu {mtu} type veth peer name eth0 netns {pod_ns}",
+        f"link set {veth} master {bridge}",
+        f"link set {veth} up",
     ]
     pod_lines = ["link set lo up", f"link set eth0 mtu {mtu} up", f"addr add {pod} dev eth0",
                  f"route add default via {gw.ip}"]  # fmt: skip
@@ -109,7 +119,7 @@ def make_pod(
     if subnet6:
         gw6 = IPv6Interface(subnet6)
         pod6 = IPv6Interface((int(gw6.ip) + 1, gw6.network.prefixlen))
-        host_lines.insert(3, f"addr add {gw6} dev cni0 nodad")
+        host_lines.insert(3, f"addr add {gw6} dev {bridge} nodad")
         pod_lines += [f"addr add {pod6} dev eth0 nodad", f"route add default via {gw6.ip}"]
     ip_batch(host_ns, host_lines)
     ip_batch(pod_ns, pod_lines)

@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import ssl
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,7 +56,9 @@ class _Feed:
     history: int = 10000
     leases: dict[str, Lease] = field(default_factory=dict)
     log: deque[tuple[int, Event]] = field(default_factory=deque)
-    cursor: int = 0
+    cursor: int = field(default_factory=lambda: time.time_ns() // 1000)
+    """Starts at the wall clock in microseconds, so a cursor handed out by an earlier run
+    of the server is older than this run's log and gets a snapshot, never wrong events."""
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -118,27 +121,62 @@ class RemoteServer:
     ) -> None:
         self.managers = dict(managers)
         self.poll_timeout = poll_timeout
+        self.history = history
         self.feeds = {name: _Feed(m, history) for name, m in self.managers.items()}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._server: asyncio.Server | None = None
+        self._started = False
+        self._version = time.time_ns() // 1000
+        self._networks_changed = asyncio.Condition()
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
         """Start the feeds and the listener; returns the bound port."""
-        for name, feed in self.feeds.items():
-            self._tasks.append(asyncio.create_task(feed.run(), name=f"remote-feed-{name}"))
+        self._started = True
+        for name in self.feeds:
+            self._start_feed(name)
         self._server = await serve(self.handle, host, port, ssl_context)
         bound = int(self._server.sockets[0].getsockname()[1])
         log.info("serving the subnet manager API on %s:%d%s", host, bound,
                  " (TLS)" if ssl_context else "")  # fmt: skip
         return bound
 
+    def _start_feed(self, name: str) -> None:
+        feed = self.feeds[name]
+        self._tasks[name] = asyncio.create_task(feed.run(), name=f"remote-feed-{name}")
+
+    async def add_network(self, name: str, manager: SubnetManager) -> None:
+        """Serve one more network (``--watch-networks``: its config appeared)."""
+        if name in self.feeds:
+            return
+        self.managers[name] = manager
+        self.feeds[name] = _Feed(manager, self.history)
+        if self._started:
+            self._start_feed(name)
+        await self._networks_moved()
+
+    async def remove_network(self, name: str) -> SubnetManager | None:
+        """Stop serving a network (its config went away); returns its manager to close."""
+        self.feeds.pop(name, None)
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self._networks_moved()
+        return self.managers.pop(name, None)
+
+    async def _networks_moved(self) -> None:
+        async with self._networks_changed:
+            self._version += 1
+            self._networks_changed.notify_all()
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        for task in self._tasks:
+        for task in self._tasks.values():
             task.cancel()
-        for task in self._tasks:
+        for task in self._tasks.values():
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
@@ -146,10 +184,24 @@ class RemoteServer:
     async def serve_forever(self) -> None:
         """Run until cancelled; a feed that dies (watch failure) ends the server."""
         try:
-            await asyncio.gather(*self._tasks)
-            await asyncio.Event().wait()
+            while True:
+                tasks = set(self._tasks.values())
+                waiter = asyncio.ensure_future(self._wait_moved())
+                try:
+                    done, _ = await asyncio.wait(
+                        tasks | {waiter}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    waiter.cancel()
+                for task in done - {waiter}:
+                    if task in self._tasks.values():
+                        task.result()  # a feed ended: re-raise why
         finally:
             await self.close()
+
+    async def _wait_moved(self) -> None:
+        async with self._networks_changed:
+            await self._networks_changed.wait()
 
     # -- routing --------------------------------------------------------------------------
 
@@ -176,10 +228,15 @@ class RemoteServer:
     async def _networks(self, request: Request) -> Response:
         if request.method != "GET":
             raise HttpError(405, "only GET is allowed here")
-        if "next" in request.query:
-            await asyncio.sleep(self.poll_timeout)  # the network set is fixed for our lifetime
-            return Response.json({"events": [], "snapshot": None, "cursor": "0"})
-        return Response.json({"events": None, "snapshot": sorted(self.feeds), "cursor": "0"})
+        cursor = _cursor(request.query.get("next"))
+        if cursor == self._version:  # long-poll until the network set changes
+            async with self._networks_changed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._networks_changed.wait(), self.poll_timeout)
+        # Always a snapshot (a 0.7.1 client accepts one after any cursor): names are few.
+        return Response.json(
+            {"events": None, "snapshot": sorted(self.feeds), "cursor": str(self._version)}
+        )
 
     async def _network(self, request: Request, feed: _Feed, rest: Sequence[str]) -> Response:
         manager = feed.manager
