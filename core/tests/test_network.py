@@ -109,6 +109,7 @@ class FakeBackend:
         self.fail_events: Exception | None = None
         self.runs_before_batch: list[int] = []
         self.batch_seen = asyncio.Event()
+        self.stop_reasons: list[str] = []
 
     @hookimpl
     def backend_types(self) -> Sequence[str]:
@@ -130,6 +131,7 @@ class FakeBackend:
             await asyncio.Event().wait()
         finally:
             self.cleanups += 1
+            self.stop_reasons.append(network.stop_reason)
 
     @hookimpl
     async def handle_events(self, network: BackendNetwork, events: Sequence[Event]) -> None:
@@ -214,6 +216,7 @@ async def test_cancellation_cleans_up_backend(tmp_path: Path) -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert backend.cleanups == 1
+    assert backend.stop_reasons == [""]  # a plain shutdown: the lease (and cloud routes) stay
     assert not lifecycle.readiness.network_ready and not lifecycle.readiness.lease_held
     assert lifecycle.network is None
 
@@ -228,6 +231,7 @@ async def test_lost_lease_is_reacquired_in_process(tmp_path: Path) -> None:
     manager.lost[first.lease.key].set()
     await until(lambda: lifecycle.generation == 2 and backend.runs == 2, "second run")
     assert backend.cleanups == 1  # the first run was cancelled before re-registering
+    assert backend.stop_reasons == ["lease_lost"]  # ... and told why
     assert len(backend.registered) == 2
     # the lost subnet is asked for again (PreviousSubnets hint)
     assert manager.acquired[1][1] == PreviousSubnets(first.lease.subnet, None)

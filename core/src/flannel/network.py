@@ -366,10 +366,12 @@ class NetworkLifecycle:
         renew_at = self._renew_time(lease)
         while True:
             if await self._lost_within(lease, renew_at - time.time()):
+                network.stop_reason = "lease_lost"  # run() is cancelled next: tell it why
                 raise _LeaseGone()
             try:
                 lease = await self.manager.renew_lease(lease)
             except LeaseLost:
+                network.stop_reason = "lease_lost"
                 raise _LeaseGone() from None
             except Exception as exc:
                 self._m_renewed.inc(result="error")
