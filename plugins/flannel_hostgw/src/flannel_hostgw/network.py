@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
@@ -53,6 +53,14 @@ class HostGWNetwork(BackendNetwork):
     synced_once: bool = False
     """True after the first full peer list was applied; pruning starts then."""
     _warned: dict[str, str] = field(default_factory=dict)
+    _peer_routes: dict[str, tuple[Route, ...]] = field(default_factory=dict)
+    """Peer key -> the routes it maps to (what the route table wants for it)."""
+    _claims: dict[IPv4Network | IPv6Network, dict[str, Route]] = field(default_factory=dict)
+    """Destination -> the peers whose routes want it (normally exactly one)."""
+    _connected: list[IPv4Network | IPv6Network] | None = None
+    """The external interface's prefixes the routes were computed for."""
+    _stale: bool = True
+    """Recompute every peer's routes on the next reconcile."""
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @classmethod
@@ -75,64 +83,153 @@ class HostGWNetwork(BackendNetwork):
     # -- events -------------------------------------------------------------------------
 
     async def handle_events(self, events: Sequence[Event]) -> None:
-        for event in events:
-            if event.type is EventType.ADDED:
-                self.peers[event.lease.key] = event.lease
+        """Apply one batch of peer changes.
+
+        The first batch (the full peer list) is a full reconcile with pruning. Later
+        batches write only the routes of the peers they name, without dumping the kernel:
+        at 10,000 peers a dump per event would cost more than the event itself. The
+        reconcile loop still dumps and compares every period to repair drift.
+        """
+        async with self._lock:
+            touched: dict[str, None] = {}
+            for event in events:
+                key = event.lease.key
+                if event.type is EventType.ADDED:
+                    self.peers[key] = event.lease
+                else:
+                    self.peers.pop(key, None)
+                    self._warned.pop(key, None)
+                touched[key] = None
+            connected = await asyncio.to_thread(self.routes.connected, self.ctx.ext_iface.index)
+            if not self.synced_once or connected != self._connected:
+                self._stale = True
+                report = await self._reconcile_locked(connected, prune=True)
+                self.synced_once = True
             else:
-                self.peers.pop(event.lease.key, None)
-                self._warned.pop(event.lease.key, None)
-        await self.reconcile(prune=True, why="events")
-        self.synced_once = True
+                want, forget = self._changes(touched, connected)
+                report = await asyncio.to_thread(self.routes.apply, want, forget)
+        self._log_report(report, "events")
 
     async def reconcile(self, *, prune: bool, why: str = "reconcile") -> SyncReport:
-        """Recompute wanted routes from peers and make the kernel match (batched)."""
+        """Recompute wanted routes if needed and make the kernel match (one dump, batched
+        writes, none when nothing changed)."""
         async with self._lock:
             connected = await asyncio.to_thread(self.routes.connected, self.ctx.ext_iface.index)
-            self.routes.want_only(self._wanted_routes(connected))
-            report = await asyncio.to_thread(self.routes.sync, prune=prune)
+            report = await self._reconcile_locked(connected, prune=prune)
         self._log_report(report, why)
         return report
 
-    def _wanted_routes(self, connected: Sequence[IPv4Network | IPv6Network]) -> list[Route]:
-        ext = self.ctx.ext_iface
-        routes: list[Route] = []
-        for key, lease in self.peers.items():
-            if lease.key == self.lease.key:
-                continue
-            attrs = lease.attrs
-            if attrs.backend_type != BACKEND_TYPE:
-                self._warn_once(
-                    key,
-                    f"ignoring peer lease {key} (public IP {attrs.public_ip}): backend type "
-                    f"{attrs.backend_type!r} is not {BACKEND_TYPE!r}",
-                )
-                continue
-            hops: list[tuple[IPv4Network | IPv6Network, IPv4Address | IPv6Address]] = []
-            if lease.subnet is not None and self.lease.subnet is not None:
-                hops.append((lease.subnet, attrs.public_ip))
-            if (
-                lease.ipv6_subnet is not None
-                and attrs.public_ipv6 is not None
-                and self.lease.ipv6_subnet is not None
-            ):
-                hops.append((lease.ipv6_subnet, attrs.public_ipv6))
-            off_segment = []
-            for dst, gateway in hops:
-                if any(gateway in net for net in connected if net.version == gateway.version):
-                    routes.append(Route(dst, gateway, ext.index))
-                else:
-                    off_segment.append(f"{dst} via {gateway}")
-            if off_segment:
-                self._warn_once(
-                    key,
-                    f"skipping peer {key}: its public IP is not on the L2 segment of "
-                    f"{ext.name} ({', '.join(str(n) for n in connected) or 'no address'}); "
-                    f"host-gw needs every host on one L2 segment (not routed: "
-                    f"{'; '.join(off_segment)}). Use vxlan for routed underlays.",
-                )
+    async def _reconcile_locked(
+        self, connected: list[IPv4Network | IPv6Network], *, prune: bool
+    ) -> SyncReport:
+        if connected != self._connected or self._stale:
+            # Reachability of every peer may have changed: recompute all of them.
+            self._connected = connected
+            fresh: dict[str, tuple[Route, ...]] = {}
+            self._claims = {}
+            for key, lease in self.peers.items():
+                routes = self._routes_for(key, lease, connected)  # reuses unchanged objects
+                if routes:
+                    fresh[key] = routes
+                    for route in routes:
+                        self._claim(key, route)
+            self._peer_routes = fresh
+            self.routes.want_only(next(reversed(c.values())) for c in self._claims.values())
+            self._stale = False
+        return await asyncio.to_thread(self.routes.sync, prune=prune)
+
+    def _changes(
+        self, keys: Iterable[str], connected: Sequence[IPv4Network | IPv6Network]
+    ) -> tuple[list[Route], list[IPv4Network | IPv6Network]]:
+        """The routes to write and the destinations to drop for the peers ``keys``.
+
+        Cost is proportional to the batch, not to the number of peers. A destination two
+        leases claim (e.g. a v4-only and a dual-stack key for one subnet) is routed to the
+        most recent claim and dropped only when no lease claims it any more.
+        """
+        touched: dict[IPv4Network | IPv6Network, None] = {}
+        for key in keys:
+            old = self._peer_routes.get(key, ())
+            lease = self.peers.get(key)
+            new = self._routes_for(key, lease, connected) if lease is not None else ()
+            if new:
+                self._peer_routes[key] = new
             else:
-                self._warned.pop(key, None)
-        return routes
+                self._peer_routes.pop(key, None)
+            for route in old:
+                claims = self._claims.get(route.dst)
+                if claims is not None:
+                    claims.pop(key, None)
+                    if not claims:
+                        del self._claims[route.dst]
+                touched[route.dst] = None
+            for route in new:
+                self._claim(key, route)
+                touched[route.dst] = None
+        want: list[Route] = []
+        forget: list[IPv4Network | IPv6Network] = []
+        for dst in touched:
+            claims = self._claims.get(dst)
+            if claims:
+                want.append(next(reversed(claims.values())))
+            else:
+                forget.append(dst)
+        return want, forget
+
+    def _claim(self, key: str, route: Route) -> None:
+        claims = self._claims.setdefault(route.dst, {})
+        claims[key] = route
+        if len(claims) > 1:
+            self._warn_once(
+                key,
+                f"peer leases {', '.join(claims)} all claim {route.dst}; routing it via "
+                f"{route.gateway} (lease {key}, the latest): delete the stale lease",
+            )
+
+    def _routes_for(
+        self, key: str, lease: Lease, connected: Sequence[IPv4Network | IPv6Network]
+    ) -> tuple[Route, ...]:
+        """The routes one peer needs (reusing the previous objects when unchanged)."""
+        if key == self.lease.key:
+            return ()
+        attrs = lease.attrs
+        if attrs.backend_type != BACKEND_TYPE:
+            self._warn_once(
+                key,
+                f"ignoring peer lease {key} (public IP {attrs.public_ip}): backend type "
+                f"{attrs.backend_type!r} is not {BACKEND_TYPE!r}",
+            )
+            return ()
+        ext = self.ctx.ext_iface
+        hops: list[tuple[IPv4Network | IPv6Network, IPv4Address | IPv6Address]] = []
+        if lease.subnet is not None and self.lease.subnet is not None:
+            hops.append((lease.subnet, attrs.public_ip))
+        if (
+            lease.ipv6_subnet is not None
+            and attrs.public_ipv6 is not None
+            and self.lease.ipv6_subnet is not None
+        ):
+            hops.append((lease.ipv6_subnet, attrs.public_ipv6))
+        routes: list[Route] = []
+        off_segment = []
+        for dst, gateway in hops:
+            if any(gateway in net for net in connected if net.version == gateway.version):
+                routes.append(Route(dst, gateway, ext.index))
+            else:
+                off_segment.append(f"{dst} via {gateway}")
+        if off_segment:
+            self._warn_once(
+                key,
+                f"skipping peer {key}: its public IP is not on the L2 segment of "
+                f"{ext.name} ({', '.join(str(n) for n in connected) or 'no address'}); "
+                f"host-gw needs every host on one L2 segment (not routed: "
+                f"{'; '.join(off_segment)}). Use vxlan for routed underlays.",
+            )
+        else:
+            self._warned.pop(key, None)
+        new = tuple(routes)
+        old = self._peer_routes.get(key)
+        return old if old == new and old is not None else new
 
     def _warn_once(self, key: str, text: str) -> None:
         if self._warned.get(key) != text:
@@ -142,7 +239,7 @@ class HostGWNetwork(BackendNetwork):
     def _log_report(self, report: SyncReport, why: str) -> None:
         metrics = self.ctx.metrics
         metrics.gauge("hostgw_routes", "routes host-gw wants programmed").set(
-            float(len(self.routes.wanted))
+            float(len(self.routes))
         )
         errors = metrics.counter("hostgw_route_errors_total", "route writes the kernel refused")
         for route in report.replaced:
