@@ -156,12 +156,12 @@ async def test_out_of_subnets(raw: aetcd.Client, etcd_server: EtcdServer) -> Non
 async def test_renew_keeps_short_lease_alive(
     raw: aetcd.Client, etcd_server: EtcdServer, config: NetworkConfig
 ) -> None:
-    async with make(etcd_server, lease_ttl=3) as mgr:
+    async with make(etcd_server, lease_ttl=5) as mgr:
         lease = await mgr.acquire_lease(config, attrs(1))
         first = lease
-        deadline = time.monotonic() + 12
+        deadline = time.monotonic() + 30  # six TTLs: only renewals can keep it
         while time.monotonic() < deadline:
-            await asyncio.sleep(1)
+            await asyncio.sleep(2)
             lease = await mgr.renew_lease(lease)
         assert lease.subnet == first.subnet
         got = await raw.get(f"{PREFIX}/subnets/{lease.key}".encode())
