@@ -62,6 +62,10 @@ def netns_exists(name: str) -> bool:
 def netns_add(name: str) -> None:
     ip("netns", "add", name)
     ip("-n", name, "link", "set", "lo", "up")
+    # No duplicate address detection on links made later in this namespace: a tentative
+    # (link-local) address would stall neighbour discovery for the first second or two.
+    ns_run(name, ["sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0",
+                  "net.ipv6.conf.all.accept_dad=0"])  # fmt: skip
 
 
 def netns_delete(name: str) -> None:
