@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 
 from flannel.backend import BackendConfigError, BackendContext, BackendError, BackendNetwork
+from flannel.ownroute import hold_own_route
 from flannel_awsvpc.ec2 import Ec2Routes, make_client
 from flannel_awsvpc.imds import fetch_identity
 from flannel_awsvpc.options import AwsVpcOptions, parse_options
@@ -101,20 +101,10 @@ async def register(ctx: BackendContext) -> AwsVpcNetwork:
 
 async def run(network: AwsVpcNetwork) -> None:
     """Re-check the route now and then until cancelled; withdraw it if the lease is gone."""
-    try:
-        interval = network.options.check_interval
-        if interval <= 0:
-            await asyncio.Event().wait()
-        while True:
-            await asyncio.sleep(interval * random.uniform(0.9, 1.1))
-            try:
-                await network.ensure_route()
-            except BackendError as exc:
-                log.warning("%s (will check again in about %.0f s)", exc, interval)
-    finally:
-        if network.options.delete_route_on_shutdown or network.lease_gone():
-            try:
-                count = await network.withdraw_route()
-                log.info("aws-vpc: withdrew %d route(s) for %s", count, network.subnet)
-            except BackendError as exc:
-                log.warning("aws-vpc: could not withdraw the route for %s: %s", network.subnet, exc)
+    await hold_own_route(
+        network,
+        ensure=network.ensure_route,
+        withdraw=network.withdraw_route,
+        check_interval=network.options.check_interval,
+        withdraw_on_shutdown=network.options.delete_route_on_shutdown,
+    )

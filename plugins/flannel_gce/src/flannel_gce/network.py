@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 
 from flannel.backend import BackendConfigError, BackendContext, BackendError, BackendNetwork
+from flannel.ownroute import hold_own_route
 from flannel_gce.auth import authorized_session
 from flannel_gce.compute import ComputeClient
 from flannel_gce.metadata import GceIdentity, MetadataClient
@@ -96,20 +96,10 @@ async def register(ctx: BackendContext) -> GceNetwork:
 
 async def run(network: GceNetwork) -> None:
     """Re-check the route now and then until cancelled; withdraw it if the lease is gone."""
-    try:
-        interval = network.options.check_interval
-        if interval <= 0:
-            await asyncio.Event().wait()
-        while True:
-            await asyncio.sleep(interval * random.uniform(0.9, 1.1))
-            try:
-                await network.routes.ensure(network.subnet)
-            except BackendError as exc:
-                log.warning("%s (will check again in about %.0f s)", exc, interval)
-    finally:
-        if network.options.delete_route_on_shutdown or network.lease_gone():
-            try:
-                if await network.routes.withdraw(network.subnet):
-                    log.info("gce: withdrew the route for %s", network.subnet)
-            except BackendError as exc:
-                log.warning("gce: could not withdraw the route for %s: %s", network.subnet, exc)
+    await hold_own_route(
+        network,
+        ensure=lambda: network.routes.ensure(network.subnet),
+        withdraw=lambda: network.routes.withdraw(network.subnet),
+        check_interval=network.options.check_interval,
+        withdraw_on_shutdown=network.options.delete_route_on_shutdown,
+    )
