@@ -2,9 +2,9 @@
 with vxlan (VNI 7, device ``flannel.7``) and ``red`` with udp (``flannel0``), each with its
 own pods, env file, routes and devices.
 
-vxlan and udp are paired on purpose: vxlan and host-gw prune every protocol-75 route they
-do not want, so until the route table prunes only inside its network's CIDRs two such
-networks on one host would delete each other's routes (see docs/remote-api.md).
+Both vxlan and host-gw mark their routes with protocol 75 and prune the ones they do not
+want; their route tables prune only inside their own network's CIDRs, so a host-gw and a
+vxlan network on one host keep each other's routes (the last test; issue 10).
 """
 
 from __future__ import annotations
@@ -126,3 +126,27 @@ def test_networks_through_a_listen_server(lab_factory: LabFactory) -> None:
     assert _eventually(lambda: all(lab.host(h).subnet_env("red") is None for h in lab.hosts))
     assert _eventually(lambda: all("flannel0" not in _links(lab, h) for h in lab.hosts))
     assert all(lab.ping_matrix(network="blue").values())
+
+
+GREEN = {"Network": "10.247.0.0/16", "Backend": {"Type": "host-gw", "ReconcileInterval": 1}}
+TEAL = {"Network": "10.248.0.0/16", "Backend": {"Type": "vxlan", "VNI": 8,
+                                               "ReconcileInterval": 1}}  # fmt: skip
+
+
+def test_hostgw_and_vxlan_networks_keep_each_others_routes(lab_factory: LabFactory) -> None:
+    """Both prune protocol-75 routes every second; neither may delete the other's."""
+    lab = lab_factory(
+        hosts=2, networks={"green": GREEN, "teal": TEAL}, daemon_args=["--watch-networks"]
+    )
+    lab.wait_ready(timeout=60)
+    for network in ("green", "teal"):
+        matrix = lab.ping_matrix(network=network)
+        assert all(matrix.values()), (network, [p for p, ok in matrix.items() if not ok])
+    # Several reconcile passes of both networks later, both route sets are still complete.
+    time.sleep(3.5)
+    for h in lab.hosts:
+        assert len(_routes_in(lab, h, "10.247.")) == len(lab.hosts) - 1, h
+        assert len(_routes_in(lab, h, "10.248.")) == len(lab.hosts) - 1, h
+    for network in ("green", "teal"):
+        matrix = lab.ping_matrix(network=network)
+        assert all(matrix.values()), (network, [p for p, ok in matrix.items() if not ok])

@@ -140,3 +140,49 @@ def test_bad_inputs_give_clear_errors() -> None:
         RouteTable(protocol=2)
     with pytest.raises(FileNotFoundError, match="no-such-ns-flannel"):
         RouteTable(netns="no-such-ns-flannel")
+
+
+def test_tables_with_different_scopes_never_delete_each_others_routes(
+    link: tuple[Netns, int],
+) -> None:
+    """Two networks in one namespace (issue 10): both mark routes with protocol 75."""
+    ns, oif = link
+    a_route = Route(ip_network("10.244.1.0/24"), ip_address("198.18.0.2"), oif)
+    a6_route = Route(ip_network("fd00:a::/64"), ip_address("2001:db8::2"), oif)
+    b_route = Route(ip_network("10.245.1.0/24"), ip_address("198.18.0.3"), oif)
+    a_scope = [ip_network("10.244.0.0/16"), ip_network("fd00:a::/48")]
+    with (
+        RouteTable(netns=ns.name, scope=a_scope) as a,
+        RouteTable(netns=ns.name, scope=[ip_network("10.245.0.0/16")]) as b,
+    ):
+        a.want_only([a_route, a6_route])
+        b.want_only([b_route])
+        assert not a.sync().errors and not b.sync().errors
+        for _ in range(2):  # each prunes with the other's routes present
+            assert a.sync(prune=True).deleted == [] and b.sync(prune=True).deleted == []
+        assert {r.dst for r in a.owned()} == {a_route.dst, a6_route.dst}
+        assert [r.dst for r in b.owned()] == [b_route.dst]
+        # A stale route inside a scope is still pruned by its owner only.
+        ns.sh(f"ip route add 10.245.9.0/24 via 198.18.0.4 dev ext0 proto {RTPROT_FLANNEL}")
+        assert a.sync(prune=True).deleted == []
+        assert [str(r.dst) for r in b.sync(prune=True).deleted] == ["10.245.9.0/24"]
+        # An event-path forget touches only the named route.
+        a.apply(forget=[a_route.dst])
+    v4 = ip_routes(ns)
+    assert not any(line.startswith("10.244.1.0/24") for line in v4)
+    assert any(line.startswith("10.245.1.0/24 via 198.18.0.3") for line in v4)
+    assert any(line.startswith("fd00:a::/64 via 2001:db8::2") for line in ip_routes(ns, "-6"))
+
+
+def test_unscoped_table_prunes_every_owned_route(link: tuple[Netns, int]) -> None:
+    ns, oif = link
+    ns.sh(f"ip route add 10.245.9.0/24 via 198.18.0.4 dev ext0 proto {RTPROT_FLANNEL}")
+    with RouteTable(netns=ns.name) as table:
+        table.want(peer_route(1, oif))
+        report = table.sync(prune=True)
+    assert [str(r.dst) for r in report.deleted] == ["10.245.9.0/24"]
+
+
+def test_empty_scope_is_refused_with_a_clear_message() -> None:
+    with pytest.raises(ValueError, match="route scope is empty"):
+        RouteTable(scope=[])

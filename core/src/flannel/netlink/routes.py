@@ -13,7 +13,9 @@ Owned routes are marked with :data:`RTPROT_FLANNEL` (``proto 75`` in ``ip route`
 number is unassigned in iproute2's ``/etc/iproute2/rt_protos``). A restarted daemon finds
 the routes its predecessor left and, after it has the full peer list, removes those of
 peers that vanished meanwhile. Add ``75 flannel`` to ``/etc/iproute2/rt_protos.d/`` to see
-the name in ``ip route``.
+the name in ``ip route``. Every flannel backend uses protocol 75, so a table given a
+``scope`` (its network's CIDRs, see :func:`network_scope`) prunes only inside it: several
+networks on one host (two daemons, or ``--networks``) leave each other's routes alone.
 
 All methods block (one dump plus batched writes); from asyncio call them with
 ``asyncio.to_thread``. The table opens its netlink socket in the caller's network
@@ -28,6 +30,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Protocol
 
 from flannel.netlink._rtnl import (
     RT_TABLE_MAIN,
@@ -45,6 +48,7 @@ __all__ = [
     "RouteTable",
     "SyncReport",
     "connected_networks",
+    "network_scope",
 ]
 
 RTPROT_FLANNEL = 75
@@ -122,11 +126,18 @@ def _matches(want: Route, have: KernelRoute, protocol: int) -> bool:
     )
 
 
+_Index = tuple[dict[bytes, "Route"], list["Route"]]
+
+
 class RouteTable:
     """The routes one owner wants, reconciled against one kernel routing table.
 
-    One owner per (namespace, protocol, table): ``sync(prune=True)`` deletes every route
-    with our protocol that is not wanted. Thread-safe (one lock around each operation).
+    Without ``scope`` there is one owner per (namespace, protocol, table):
+    ``sync(prune=True)`` deletes every route with our protocol that is not wanted. With
+    ``scope`` (the network's CIDRs, IPv4 and IPv6) only routes whose destination lies
+    inside one of them are ours to prune or report in :meth:`owned`, so several networks
+    (two daemons, or ``--networks``) share one namespace without deleting each other's
+    routes. Thread-safe (one lock around each operation).
     """
 
     def __init__(
@@ -135,6 +146,7 @@ class RouteTable:
         protocol: int = RTPROT_FLANNEL,
         table: int = RT_TABLE_MAIN,
         netns: str | None = None,
+        scope: Iterable[IPNetwork] | None = None,
     ) -> None:
         if not 5 <= protocol <= 255:
             raise ValueError(
@@ -142,6 +154,18 @@ class RouteTable:
             )
         self.protocol = protocol
         self.table = table
+        self.scope: tuple[IPNetwork, ...] | None = None if scope is None else tuple(scope)
+        """The destinations this table owns; ``None`` means every route with our protocol."""
+        if self.scope is not None and not self.scope:
+            raise ValueError(
+                "route scope is empty: pass the network's CIDRs, or None to own every "
+                f"route with protocol {protocol}"
+            )
+        self._index: _Index | None = None
+        """Verified kernel body -> wanted route, and wanted routes not verified yet; reset
+        whenever the wanted set changes."""
+        self._outside: set[bytes] = set()
+        """Raw bodies of our-protocol routes seen outside the scope (not decoded again)."""
         self._wanted: dict[IPNetwork, Route] = {}
         self._programmed: dict[IPNetwork, Route] = {}
         self._verified: dict[int, tuple[Route, bytes]] = {}
@@ -173,11 +197,13 @@ class RouteTable:
         self._check(route)
         with self._lock:
             self._wanted[route.dst] = route
+            self._index = None
 
     def forget(self, dst: IPNetwork) -> None:
         """Stop wanting the route to ``dst``; the next ``sync(prune=True)`` deletes it."""
         with self._lock:
             self._wanted.pop(dst, None)
+            self._index = None
 
     def want_only(self, routes: Iterable[Route]) -> None:
         """Make ``routes`` the complete wanted set."""
@@ -187,6 +213,7 @@ class RouteTable:
             new[route.dst] = route
         with self._lock:
             self._wanted = new
+            self._index = None
 
     def _check(self, route: Route) -> None:
         if route.table != self.table:
@@ -197,13 +224,24 @@ class RouteTable:
 
     # -- kernel I/O -----------------------------------------------------------------------
 
+    def in_scope(self, dst: IPNetwork) -> bool:
+        """Whether a route to ``dst`` is this table's to prune (always without a scope)."""
+        if self.scope is None:
+            return True
+        return any(
+            net.version == dst.version and dst.subnet_of(net)  # type: ignore[arg-type]
+            for net in self.scope
+        )
+
     def owned(self) -> list[Route]:
-        """Routes in the kernel carrying our protocol (e.g. left by a previous run)."""
+        """Routes in the kernel carrying our protocol inside our scope (e.g. left by a
+        previous run)."""
         with self._lock:
             return [
                 Route(k.dst, k.gateway, k.oif, k.onlink, k.table)
                 for family in (socket.AF_INET, socket.AF_INET6)
                 for k in self._sock.dump_routes(family, self.table, self.protocol)
+                if self.in_scope(k.dst)
             ]
 
     def sync(self, *, prune: bool = True) -> SyncReport:
@@ -223,15 +261,17 @@ class RouteTable:
             bodies: set[bytes] = set()
             for family in (socket.AF_INET, socket.AF_INET6):
                 bodies.update(self._sock.dump_route_bodies(family, self.table))
-            # Wanted routes whose verified body is still in the dump need no decoding.
+            # Wanted routes whose verified body is still in the dump need no decoding. The
+            # index of verified bodies survives quiet passes: then this is set arithmetic.
             cache = self._verified
-            used: set[bytes] = set()
+            index = self._index
+            if index is None:
+                index = self._index = self._build_index(wanted)
+            by_body, unverified = index
+            gone = by_body.keys() - bodies
+            used = by_body.keys() - gone if gone else set(by_body)
             pending: list[Route] = []
-            for want in wanted.values():
-                hit = cache.get(id(want))
-                if hit is not None and hit[0] is want and hit[1] in bodies:
-                    used.add(hit[1])
-                    continue
+            for want in [*unverified, *(by_body[b] for b in gone)]:
                 guess = self._guess(want)
                 if guess is not None and guess in bodies:
                     cache[id(want)] = (want, guess)
@@ -239,12 +279,19 @@ class RouteTable:
                     continue
                 pending.append(want)
             kernel: dict[IPNetwork, list[tuple[KernelRoute, bytes]]] = {}
+            outside: set[bytes] = set()
             for body in bodies - used if used else bodies:
+                if body in self._outside and not pending:
+                    outside.add(body)
+                    continue
                 k = decode_route(body, 0, len(body))
                 if k is None or k.table != self.table:
                     continue
                 if k.priority == _METRIC[k.dst.version] or k.protocol == self.protocol:
                     kernel.setdefault(k.dst, []).append((k, body))
+                    if k.protocol == self.protocol and not self.in_scope(k.dst):
+                        outside.add(body)
+            self._outside = outside
             report = SyncReport(unchanged=len(wanted) - len(pending))
             programmed = dict(wanted)
             writes: list[tuple[Route, RouteMessage]] = []
@@ -266,7 +313,7 @@ class RouteTable:
                 writes.append((want, self._message("replace", want)))
             if prune:
                 for dst, have in kernel.items():
-                    if dst in wanted:
+                    if dst in wanted or not self.in_scope(dst):
                         continue
                     for k, _body in have:
                         if k.protocol == self.protocol:
@@ -276,7 +323,22 @@ class RouteTable:
                 self._verified = {id(w): cache[id(w)] for w in wanted.values() if id(w) in cache}
             self._programmed = programmed
             self._write(writes, report, programmed)
+            if pending or gone:
+                self._index = None  # rebuilt from the cache on the next pass
             return report
+
+    def _build_index(self, wanted: Mapping[IPNetwork, Route]) -> _Index:
+        """Split ``wanted`` into routes with a verified kernel body and the rest."""
+        get = self._verified.get
+        by_body: dict[bytes, Route] = {}
+        unverified: list[Route] = []
+        for want in wanted.values():
+            hit = get(id(want))
+            if hit is not None and hit[0] is want:
+                by_body[hit[1]] = want
+            else:
+                unverified.append(want)
+        return by_body, unverified
 
     def apply(self, want: Iterable[Route] = (), forget: Iterable[IPNetwork] = ()) -> SyncReport:
         """Incremental update for event batches: no dump, writes only what changed.
@@ -292,6 +354,7 @@ class RouteTable:
             self._check(route)
         with self._lock:
             report = SyncReport()
+            self._index = None
             writes: list[tuple[Route, RouteMessage]] = []
             for dst in forget:
                 old = self._programmed.pop(dst, None) or self._wanted.get(dst)
@@ -355,6 +418,28 @@ class RouteTable:
         """The prefixes configured on interface ``oif`` (its directly reachable segments)."""
         with self._lock:
             return _connected(self._sock, oif)
+
+
+class _HasNetworks(Protocol):
+    @property
+    def network(self) -> IPv4Network | None: ...
+    @property
+    def ipv6_network(self) -> IPv6Network | None: ...
+    @property
+    def networks(self) -> tuple[IPv4Network, ...]: ...
+    @property
+    def ipv6_networks(self) -> tuple[IPv6Network, ...]: ...
+
+
+def network_scope(config: _HasNetworks) -> list[IPNetwork] | None:
+    """A network config's CIDRs (``Network``, ``IPv6Network``, ``Networks``...): the route
+    scope of a backend's :class:`RouteTable`; ``None`` (own everything) if it has none."""
+    nets: list[IPNetwork] = [
+        n
+        for n in (config.network, config.ipv6_network, *config.networks, *config.ipv6_networks)
+        if n is not None
+    ]
+    return list(dict.fromkeys(nets)) or None
 
 
 def _connected(sock: RtnlSocket, oif: int) -> list[IPNetwork]:

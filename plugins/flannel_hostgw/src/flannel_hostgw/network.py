@@ -17,7 +17,7 @@ from typing import Any
 from flannel.backend import BackendConfigError, BackendContext, BackendNetwork
 from flannel.events import Event, EventType
 from flannel.lease import Lease
-from flannel.netlink.routes import Route, RouteTable, SyncReport
+from flannel.netlink.routes import Route, RouteTable, SyncReport, network_scope
 
 log = logging.getLogger("flannel.hostgw")
 
@@ -72,7 +72,7 @@ class HostGWNetwork(BackendNetwork):
             mtu=ctx.ext_iface.mtu,
             ctx=ctx,
             options=options,
-            table=RouteTable(),
+            table=RouteTable(scope=network_scope(ctx.network)),
         )
 
     @property

@@ -20,7 +20,7 @@ from flannel.backend import BackendContext, BackendNetwork
 from flannel.events import Event, EventType
 from flannel.lease import Lease
 from flannel.netlink.neigh import NeighTable, RtnlSocket
-from flannel.netlink.routes import RouteTable
+from flannel.netlink.routes import RouteTable, network_scope
 from flannel_vxlan.device import Device
 from flannel_vxlan.options import VxlanOptions
 from flannel_vxlan.plan import (
@@ -68,7 +68,9 @@ class VxlanNetwork(BackendNetwork):
     ) -> VxlanNetwork:
         # Sockets open here, in the daemon's namespace; worker threads use them in turn.
         programmer = Programmer(
-            NeighTable(RtnlSocket()), RouteTable(), {f: d.index for f, d in devices.items()}
+            NeighTable(RtnlSocket()),
+            RouteTable(scope=network_scope(ctx.network)),
+            {f: d.index for f, d in devices.items()},
         )
         return cls(
             backend_type=BACKEND_TYPE,
