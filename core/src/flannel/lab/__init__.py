@@ -33,9 +33,11 @@ API summary (for every backend's multi-host tests; needs root, etcd, iproute2, p
 Constructor: ``Lab(name, hosts=3, backend="host-gw", network="10.244.0.0/16", config=None,
 segments=1, *, ipv6=False, ipv6_network="fd00:10:244::/56", tag=None,
 etcd_prefix="/coreos.com/network", daemon_args=(), progress=None, server=False,
-server_args=(), networks=None)``. ``config`` (dict or
-JSON text) is the network config; ``Network`` and ``Backend.Type`` are filled from
-``network``/``backend`` when absent. ``daemon_args`` are appended to every ``flannel run``.
+server_args=(), networks=None, before_hosts=None)``; ``before_hosts(lab)`` runs in ``up()``
+once hub and etcd exist, before any host (start services the daemons need in the hub).
+``config`` (dict or JSON text) is the network config; ``Network`` and ``Backend.Type`` are
+filled from ``network``/``backend`` when absent. ``daemon_args`` are appended to every
+``flannel run``.
 
 Layout: hub namespace ``<prefix>-hub`` with bridge ``br0`` (198.18.0.1/24, etcd on :2379);
 hosts ``<prefix>-h<i>`` with ``eth0`` = 198.18.s.(10+i)/24 (IPv6 2001:db8:0:s::(10+i)/64),

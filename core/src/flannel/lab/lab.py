@@ -64,6 +64,7 @@ class Lab:
         server: bool = False,
         server_args: Iterable[str] = (),
         networks: Mapping[str, Mapping[str, Any] | str] | None = None,
+        before_hosts: Callable[[Lab], None] | None = None,
     ) -> None:
         if not 1 <= segments <= 4:
             raise LabError(f"segments must be 1..4, got {segments}")
@@ -92,6 +93,9 @@ class Lab:
         )
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._made = False
+        self._before_hosts = before_hosts
+        """Called by ``up()`` once hub, etcd and config exist, before any host: start
+        services the daemons need in the hub (e.g. a cloud API fake)."""
 
     # -- loading ------------------------------------------------------------------------
 
@@ -108,6 +112,7 @@ class Lab:
         lab.progress = _quiet
         lab._procs = {}
         lab._made = True
+        lab._before_hosts = None
         return lab
 
     @property
@@ -178,6 +183,8 @@ class Lab:
         if st.server:
             self.progress("subnet-manager server (--listen) in the hub")
             self.start_server()
+        if self._before_hosts is not None:
+            self._before_hosts(self)
         names = [self._make_host() for _ in range(self.initial_hosts)]
         self.progress(f"starting {len(names)} daemons")
         for name in names:

@@ -44,7 +44,10 @@ def make_hub(hub: str, segments: int, ipv6: bool) -> None:
     netns_add(hub)
     lines = []
     for s in range(segments):
-        lines += [f"link add br{s} type bridge", f"link set br{s} up"]
+        # A fixed MAC: a bridge without one takes its lowest port's, so removing a host
+        # would change br0's MAC behind every other host's ARP entry for the hub.
+        mac = f"02:00:c6:12:{s:02x}:01"
+        lines += [f"link add br{s} address {mac} type bridge", f"link set br{s} up"]
     lines.append(f"addr add {HUB_ADDR}/24 dev br0")
     if ipv6:
         lines.append("addr add 2001:db8::1/64 dev br0 nodad")

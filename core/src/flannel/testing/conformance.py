@@ -13,6 +13,8 @@ backend type and a sane subnet.env; pod-to-pod pings (``data_path``); an unchang
 re-delivered is harmless; a restarted daemon keeps its subnet and its peers' reachability;
 a lease deleted in etcd is re-acquired in-process; a removed peer disappears from the
 others; SIGTERM stops the daemon with exit 0 and nothing left running in its namespace.
+Backends that need services in the hub (a cloud API fake) override ``prepare_lab`` /
+``cleanup_lab``.
 
 Needs root, iproute2, ping and etcd (Debian: etcd-server etcd-client).
 """
@@ -87,13 +89,25 @@ class BackendConformance:
             config=config,
             tag=run_tag(),
             daemon_args=self.daemon_args,
+            before_hosts=self.prepare_lab,
         )
         try:
             lab.up()
             lab.wait_ready(timeout=self.ready_timeout, routes=self.check_routes)
             yield lab
         finally:
-            lab.down()
+            try:
+                self.cleanup_lab(lab)
+            finally:
+                lab.down()
+
+    def prepare_lab(self, lab: Lab) -> None:
+        """Hook: runs in ``lab.up()`` once the hub (``lab.state.hub``, 198.18.0.1) and etcd
+        exist, before any host or daemon; start what the daemons need there (a cloud API
+        fake). Undo it in :meth:`cleanup_lab`."""
+
+    def cleanup_lab(self, lab: Lab) -> None:
+        """Hook: runs at teardown, also after a failure, before the lab is taken down."""
 
     # -- helpers ------------------------------------------------------------------------
 
