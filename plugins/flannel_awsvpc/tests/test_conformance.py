@@ -63,7 +63,8 @@ class TestAwsVpcConformance(BackendConformance):
     """Lab host address -> its instance and ENI."""
 
     @pytest.fixture(scope="class", autouse=True)
-    def daemon_env(self) -> Iterator[None]:
+    @classmethod
+    def daemon_env(cls) -> Iterator[None]:
         """The daemons inherit this process's environment: dummy keys, no real AWS."""
         with pytest.MonkeyPatch.context() as mp:
             for name in CLEARED_ENV:

@@ -63,7 +63,8 @@ class TestGceConformance(BackendConformance):
     """Lab host address -> its instance name and selfLink."""
 
     @pytest.fixture(scope="class", autouse=True)
-    def daemon_env(self) -> Iterator[None]:
+    @classmethod
+    def daemon_env(cls) -> Iterator[None]:
         """The daemons inherit this process's environment: no real credentials or proxies."""
         with pytest.MonkeyPatch.context() as mp:
             for name in CLEARED_ENV:

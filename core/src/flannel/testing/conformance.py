@@ -69,7 +69,9 @@ class BackendConformance:
     # -- fixtures -----------------------------------------------------------------------
 
     @pytest.fixture(scope="class")
-    def lab(self) -> Iterator[Lab]:
+    @classmethod
+    def lab(cls) -> Iterator[Lab]:
+        self = cls()  # one instance for the hooks; the lab is shared by the whole class
         if os.geteuid() != 0:
             pytest.skip("the conformance suite needs root (network namespaces)")
         for tool in ("ip", "ping", "etcd", "etcdctl"):
