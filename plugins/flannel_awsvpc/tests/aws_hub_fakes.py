@@ -15,13 +15,12 @@ import json
 import logging
 import os
 import signal
-import subprocess
-import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from flannel.testing.hub import HubProcess
 
 HUB_ADDR = "198.18.0.1"
 EC2_PORT = 5000
@@ -105,64 +104,22 @@ def serve_imds(ec2: Any, instances: dict[str, dict[str, str]]) -> ThreadingHTTPS
     return ThreadingHTTPServer((HUB_ADDR, IMDS_PORT), Handler)
 
 
-_GET_JSON = (
-    "import sys, urllib.request\n"
-    "opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))\n"
-    "sys.stdout.write(opener.open(sys.argv[1], timeout=20).read().decode())\n"
-)
+class AwsHubFakes(HubProcess):
+    """This script in a lab's hub namespace (``start()`` returns address -> instance, ENI)."""
 
-
-class HubProcess:
-    """This script running in a lab's hub namespace; started and stopped by PID."""
-
-    def __init__(self, hub: str, workdir: Path, args: list[str]) -> None:
-        self.hub = hub
-        self.ready = workdir / "aws-fakes.ready"
-        self.log = workdir / "aws-fakes.log"
-        self.args = args
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 60.0) -> dict[str, dict[str, str]]:
-        """Start it and wait until it serves; returns address -> instance, ENI."""
-        env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-        argv = ["ip", "netns", "exec", self.hub, sys.executable, __file__,
-                "--ready", str(self.ready), *self.args]  # fmt: skip
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env={**env, **DUMMY_ENV}, start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while not self.ready.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                tail = self.log.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"the AWS fakes did not start in {self.hub}:\n{tail}")
-            time.sleep(0.1)
-        instances: dict[str, dict[str, str]] = json.loads(self.ready.read_text())
-        return instances
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    def __init__(self, hub: str, workdir: Path, addresses: list[str]) -> None:
+        super().__init__(
+            hub,
+            workdir,
+            __file__,
+            ["--hosts", ",".join(addresses)],
+            label="aws-fakes",
+            env=DUMMY_ENV,
+        )
 
     def status(self) -> dict[str, Any]:
-        """``GET /lab/status``, fetched from inside the hub (the test process is outside)."""
-        done = subprocess.run(
-            ["ip", "netns", "exec", self.hub, sys.executable, "-c", _GET_JSON,
-             IMDS_URL + "/lab/status"],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        if done.returncode != 0:
-            raise RuntimeError(f"GET {IMDS_URL}/lab/status failed: {done.stderr.strip()}")
-        doc: dict[str, Any] = json.loads(done.stdout)
+        """``GET /lab/status`` (read from inside the hub)."""
+        doc: dict[str, Any] = self.get_json(IMDS_URL + "/lab/status")
         return doc
 
 

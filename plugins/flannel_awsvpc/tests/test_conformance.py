@@ -14,7 +14,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any, ClassVar
 
 import pytest
-from aws_hub_fakes import DUMMY_ENV, EC2_URL, IMDS_URL, HubProcess
+from aws_hub_fakes import DUMMY_ENV, EC2_URL, IMDS_URL, AwsHubFakes
 
 from flannel.lab import Lab
 from flannel.lab.topology import host_addresses
@@ -58,7 +58,7 @@ class TestAwsVpcConformance(BackendConformance):
     data_path = False
     check_routes = False
 
-    fakes: ClassVar[HubProcess | None] = None
+    fakes: ClassVar[AwsHubFakes | None] = None
     instances: ClassVar[dict[str, dict[str, str]]] = {}
     """Lab host address -> its instance and ENI."""
 
@@ -76,7 +76,7 @@ class TestAwsVpcConformance(BackendConformance):
     def prepare_lab(self, lab: Lab) -> None:
         first = lab.state.next_index
         addresses = [host_addresses(i, 0)[0] for i in range(first, first + lab.initial_hosts)]
-        fakes = HubProcess(lab.state.hub, lab.dir, ["--hosts", ",".join(addresses)])
+        fakes = AwsHubFakes(lab.state.hub, lab.dir, addresses)
         type(self).fakes = fakes
         type(self).instances = fakes.start()
 

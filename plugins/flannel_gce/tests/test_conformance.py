@@ -14,7 +14,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any, ClassVar
 
 import pytest
-from gce_hub_fakes import COMPUTE_URL, METADATA_URL, HubProcess
+from gce_hub_fakes import COMPUTE_URL, METADATA_URL, GceHubFakes
 
 from flannel.lab import Lab
 from flannel.lab.topology import host_addresses
@@ -58,7 +58,7 @@ class TestGceConformance(BackendConformance):
     data_path = False
     check_routes = False
 
-    fakes: ClassVar[HubProcess | None] = None
+    fakes: ClassVar[GceHubFakes | None] = None
     instances: ClassVar[dict[str, dict[str, str]]] = {}
     """Lab host address -> its instance name and selfLink."""
 
@@ -74,7 +74,7 @@ class TestGceConformance(BackendConformance):
     def prepare_lab(self, lab: Lab) -> None:
         first = lab.state.next_index
         addresses = [host_addresses(i, 0)[0] for i in range(first, first + lab.initial_hosts)]
-        fakes = HubProcess(lab.state.hub, lab.dir, ["--hosts", ",".join(addresses)])
+        fakes = GceHubFakes(lab.state.hub, lab.dir, addresses)
         type(self).fakes = fakes
         type(self).instances = fakes.start()
 
