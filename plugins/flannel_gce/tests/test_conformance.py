@@ -8,9 +8,8 @@ it read the project's routes instead.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from ipaddress import IPv4Address, IPv4Network
+from collections.abc import Iterator
+from ipaddress import IPv4Network
 from typing import Any, ClassVar
 
 import pytest
@@ -18,8 +17,7 @@ from gce_hub_fakes import COMPUTE_URL, METADATA_URL, GceHubFakes
 
 from flannel.lab import Lab
 from flannel.lab.topology import host_addresses
-from flannel.lease import LeaseAttrs, encode_attrs, parse_subnet_key
-from flannel.testing.conformance import BackendConformance
+from flannel.testing.conformance import OwnRouteConformance
 from flannel_gce.compute import link_key
 from flannel_gce.routes import route_name
 
@@ -37,26 +35,9 @@ CLEARED_ENV = (
 )
 
 
-def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.3)
-
-
-def _explain(lab: Lab, name: str) -> str:
-    """What a failure message needs: the host's view of the underlay, and its log."""
-    net = lab.host(name).sh("ip -br addr; ip route; ip neigh", check=False)
-    return f"{name}'s network:\n{net}\n{name}'s log:\n{lab.logs(name)[-3000:]}"
-
-
-class TestGceConformance(BackendConformance):
+class TestGceConformance(OwnRouteConformance):
     backend = "gce"
-    lease_backend_type = ""  # as flanneld: gce leases carry no BackendType
     backend_options = {"MetadataEndpoint": METADATA_URL, "ComputeEndpoint": COMPUTE_URL}
-    data_path = False
-    check_routes = False
 
     fakes: ClassVar[GceHubFakes | None] = None
     instances: ClassVar[dict[str, dict[str, str]]] = {}
@@ -83,9 +64,9 @@ class TestGceConformance(BackendConformance):
             self.fakes.stop()
             type(self).fakes = None
 
-    # -- cloud state --------------------------------------------------------------------
+    # -- cloud state, read from the fakes ------------------------------------------------
 
-    def _routes(self) -> dict[str, list[dict[str, Any]]]:
+    def cloud_routes(self) -> dict[str, list[dict[str, Any]]]:
         """Destination range inside the Network -> its routes, over the project."""
         assert self.fakes is not None
         found: dict[str, list[dict[str, Any]]] = {}
@@ -95,82 +76,14 @@ class TestGceConformance(BackendConformance):
                 found.setdefault(cidr, []).append(route)
         return found
 
-    def _subnet(self, lab: Lab, name: str) -> str:
-        found = self._lease_of(lab, name)
-        assert found is not None, f"{name} has no lease in etcd"
-        subnet, _ = parse_subnet_key(found[0].rsplit("/", 1)[-1])
-        return str(subnet)
+    def route_target(self, route: dict[str, Any]) -> str | None:
+        return link_key(str(route.get("nextHopInstance", "")))
 
-    def _instance(self, lab: Lab, name: str) -> str:
+    def target_of(self, lab: Lab, name: str) -> str:
         return link_key(self.instances[lab.host(name).address]["link"])
 
-    def _routed_to(self, routes: dict[str, list[dict[str, Any]]], instance: str) -> set[str]:
-        return {
-            cidr
-            for cidr, entries in routes.items()
-            for r in entries
-            if link_key(str(r.get("nextHopInstance", ""))) == instance
-        }
-
-    # -- gce checks, after the shared suite ---------------------------------------------
-
-    def test_each_host_routes_its_subnet_to_its_own_instance(self, lab: Lab) -> None:
-        """Each host's lease subnet, and only it, is routed to the host's own instance."""
-
-        def wrong() -> list[str]:
-            routes = self._routes()
-            problems = []
-            for name in lab.hosts:
-                subnet = self._subnet(lab, name)
-                carried = self._routed_to(routes, self._instance(lab, name))
-                if carried != {subnet}:
-                    problems.append(f"{name} (lease {subnet}) is the target of {carried}")
-                names = [r.get("name") for r in routes.get(subnet, [])]
-                if names != [route_name(IPv4Network(subnet))]:  # flanneld's name, once
-                    problems.append(f"{subnet} has routes named {names}")
-            return problems
-
-        deadline = time.monotonic() + 30
-        while problems := wrong():
-            if time.monotonic() > deadline:
-                logs = "\n".join(_explain(lab, n) for n in lab.hosts)
-                raise AssertionError(
-                    f"after 30 s: {'; '.join(problems)}; GCE routes: {self._routes()}\n{logs}"
-                )
-            time.sleep(0.3)
-
-    def test_sigterm_keeps_the_route(self, lab: Lab) -> None:
-        name = lab.hosts[0]  # the suite stopped its daemon with SIGTERM (plain shutdown)
-        assert not lab.host(name).daemon_running()
-        subnet = self._subnet(lab, name)
-        assert self._routed_to(self._routes(), self._instance(lab, name)) == {subnet}
-
-    def test_lease_taken_moves_the_route(self, lab: Lab) -> None:
-        """Another host takes our subnet: the daemon leases a new one and the route follows."""
-        name = lab.hosts[1]
-        found = self._lease_of(lab, name)
-        assert found is not None
-        old = self._subnet(lab, name)
-        thief = LeaseAttrs(public_ip=IPv4Address("198.18.0.250"), backend_type="")
-        lab.etcdctl("put", found[0], encode_attrs(thief).decode())
-        try:
-            try:
-                _wait_for(
-                    lambda: (
-                        (lease := self._lease_of(lab, name)) is not None and lease[0] != found[0]
-                    ),
-                    30,
-                    f"{name} to lease a new subnet",
-                )
-            except AssertionError as exc:
-                raise AssertionError(f"{exc}; {_explain(lab, name)}") from None
-            new = self._subnet(lab, name)
-            mine = self._instance(lab, name)
-            _wait_for(
-                lambda: self._routed_to(self._routes(), mine) == {new},
-                30,
-                f"the GCE route of {name} to move from {old} to {new}",
-            )
-            assert lab.host(name).daemon_running(), f"{name} exited:\n{lab.logs(name)}"
-        finally:
-            lab.etcdctl("del", found[0])
+    def route_problem(self, subnet: str, routes: list[dict[str, Any]]) -> str | None:
+        names = [r.get("name") for r in routes]
+        if names != [route_name(IPv4Network(subnet))]:  # flanneld's name, once
+            return f"{subnet} has routes named {names}"
+        return None

@@ -28,16 +28,16 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from ipaddress import ip_network
+from ipaddress import IPv4Address, ip_network
 from typing import Any, ClassVar
 
 import pytest
 
 from flannel.lab import Lab
-from flannel.lease import decode_attrs
+from flannel.lease import LeaseAttrs, decode_attrs, encode_attrs, parse_subnet_key
 from flannel.testing.netns import run_tag
 
-__all__ = ["BackendConformance"]
+__all__ = ["BackendConformance", "OwnRouteConformance"]
 
 
 def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -240,3 +240,114 @@ class BackendConformance:
         ).stdout.split()
         assert not left, f"processes left in {name}'s namespace after SIGTERM: {left}"
         lab.stop_daemon(name)  # forget the record
+
+
+class OwnRouteConformance(BackendConformance):
+    """The suite for backends whose routes live outside the host (cloud route tables), plus
+    three checks on those routes. Implement :meth:`cloud_routes` and :meth:`target_of`."""
+
+    lease_backend_type: ClassVar[str | None] = ""  # as flanneld: cloud leases carry no type
+    data_path: ClassVar[bool] = False  # the fakes carry no packets
+    check_routes: ClassVar[bool] = False  # no kernel routes: the cloud routes
+    route_wait: ClassVar[float] = 30.0
+
+    def cloud_routes(self) -> dict[str, list[dict[str, Any]]]:
+        """Destination CIDR inside the network -> the cloud's routes for it (raw dicts)."""
+        raise NotImplementedError
+
+    def route_target(self, route: dict[str, Any]) -> str | None:
+        """Where a raw route points (None when it is not active)."""
+        raise NotImplementedError
+
+    def target_of(self, lab: Lab, name: str) -> str:
+        """The instance/ENI a host's subnet must be routed to."""
+        raise NotImplementedError
+
+    def route_problem(self, subnet: str, routes: list[dict[str, Any]]) -> str | None:
+        """Extra per-subnet check (e.g. the route's name); None when fine."""
+        return None
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _subnet(self, lab: Lab, name: str) -> str:
+        found = self._lease_of(lab, name)
+        assert found is not None, f"{name} has no lease in etcd"
+        subnet, _ = parse_subnet_key(found[0].rsplit("/", 1)[-1])
+        return str(subnet)
+
+    def _routed_to(self, target: str) -> set[str]:
+        return {
+            cidr
+            for cidr, entries in self.cloud_routes().items()
+            for route in entries
+            if self.route_target(route) == target
+        }
+
+    @staticmethod
+    def _explain(lab: Lab, name: str) -> str:
+        net = lab.host(name).sh("ip -br addr; ip route; ip neigh", check=False)
+        return f"{name}'s network:\n{net}\n{name}'s log:\n{lab.logs(name)[-3000:]}"
+
+    # -- checks after the shared suite ----------------------------------------------------
+
+    def test_each_host_routes_its_subnet_to_itself(self, lab: Lab) -> None:
+        """Each host's lease subnet, and only it, is routed to the host's own target."""
+
+        def problems() -> list[str]:
+            routes = self.cloud_routes()
+            found = []
+            for name in lab.hosts:
+                subnet = self._subnet(lab, name)
+                carried = self._routed_to(self.target_of(lab, name))
+                if carried != {subnet}:
+                    found.append(f"{name} (lease {subnet}) is the target of {carried}")
+                if len(routes.get(subnet, [])) != 1:
+                    found.append(f"{subnet} has routes {routes.get(subnet)}")
+                elif (extra := self.route_problem(subnet, routes[subnet])) is not None:
+                    found.append(extra)
+            return found
+
+        deadline = time.monotonic() + self.route_wait
+        while wrong := problems():
+            if time.monotonic() > deadline:
+                logs = "\n".join(self._explain(lab, n) for n in lab.hosts)
+                raise AssertionError(
+                    f"after {self.route_wait} s: {'; '.join(wrong)}; "
+                    f"routes: {self.cloud_routes()}\n{logs}"
+                )
+            time.sleep(0.3)
+
+    def test_sigterm_keeps_the_route(self, lab: Lab) -> None:
+        name = lab.hosts[0]  # the suite stopped its daemon with SIGTERM (plain shutdown)
+        assert not lab.host(name).daemon_running()
+        assert self._routed_to(self.target_of(lab, name)) == {self._subnet(lab, name)}
+
+    def test_lease_taken_moves_the_route(self, lab: Lab) -> None:
+        """Another host takes our subnet: the daemon leases a new one and the route follows."""
+        name = lab.hosts[1]
+        found = self._lease_of(lab, name)
+        assert found is not None
+        old = self._subnet(lab, name)
+        thief = LeaseAttrs(public_ip=IPv4Address("198.18.0.250"), backend_type="")
+        lab.etcdctl("put", found[0], encode_attrs(thief).decode())
+        try:
+            try:
+                _wait_for(
+                    lambda: (
+                        (lease := self._lease_of(lab, name)) is not None and lease[0] != found[0]
+                    ),
+                    self.route_wait,
+                    f"{name} to lease a new subnet",
+                )
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; {self._explain(lab, name)}") from None
+            new = self._subnet(lab, name)
+            target = self.target_of(lab, name)
+            _wait_for(
+                lambda: self._routed_to(target) == {new},
+                self.route_wait,
+                f"the route of {name} to move from {old} to {new}",
+            )
+            assert lab.host(name).daemon_running(), f"{name} exited:\n{lab.logs(name)}"
+        finally:
+            lab.etcdctl("del", found[0])
