@@ -3,8 +3,10 @@
 The first event batch (every known peer) is a full sync: neighbours, FDB entries and
 routes are dumped once, stale ones (peers that vanished while we were down) are deleted
 and missing ones written in batches. Later batches only touch the peers they name.
-The reconcile loop repeats the full pass every ``ReconcileInterval`` seconds and writes
-nothing when the kernel already matches.
+The reconcile loop repeats the full pass every ``ReconcileInterval`` seconds, but only
+when a :class:`~flannel.netlink.changes.KernelChangeWatch` saw the kernel change something
+on our devices or in our routes (and at least every 30th pass); it writes nothing when the
+kernel already matches.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TypeVar
 from flannel.backend import BackendContext, BackendNetwork
 from flannel.events import Event, EventType
 from flannel.lease import Lease
+from flannel.netlink.changes import KernelChangeWatch
 from flannel.netlink.neigh import NeighTable, RtnlSocket
 from flannel.netlink.routes import RouteTable, network_scope
 from flannel_vxlan.device import Device
@@ -67,10 +70,13 @@ class VxlanNetwork(BackendNetwork):
         mtu: int,
     ) -> VxlanNetwork:
         # Sockets open here, in the daemon's namespace; worker threads use them in turn.
+        scope = network_scope(ctx.network)
+        indexes = {f: d.index for f, d in devices.items()}
         programmer = Programmer(
             NeighTable(RtnlSocket()),
-            RouteTable(scope=network_scope(ctx.network)),
-            {f: d.index for f, d in devices.items()},
+            RouteTable(scope=scope),
+            indexes,
+            KernelChangeWatch(indexes.values(), scope=scope),
         )
         return cls(
             backend_type=BACKEND_TYPE,
@@ -113,6 +119,9 @@ class VxlanNetwork(BackendNetwork):
         direct: dict[IPv4Address | IPv6Address, int] = {}
         if self.options.direct_routing and targets:
             direct = on_link_oifs(self.kernel.neigh.sock, [t.public_ip for t in targets])
+            if self.kernel.watch is not None:
+                # Routes via these devices vanish unannounced when the device goes down.
+                self.kernel.watch.links.update(direct.values())
         plans = []
         for target in targets:
             oif = direct.get(target.public_ip)
@@ -191,7 +200,10 @@ class VxlanNetwork(BackendNetwork):
                 )
                 self._dirty = False
             else:
-                report = await self._in_thread(self.kernel.reconcile)
+                maybe = await self._in_thread(self.kernel.periodic)
+                if maybe is None:  # the kernel reported no change that concerns us
+                    return SyncReport()
+                report = maybe
         self._log(report, "reconcile")
         return report
 
@@ -214,6 +226,8 @@ class VxlanNetwork(BackendNetwork):
         if self.programmer is not None:
             self.programmer.neigh.close()
             self.programmer.routes.close()
+            if self.programmer.watch is not None:
+                self.programmer.watch.close()
             self.programmer = None
 
     # -- reporting ----------------------------------------------------------------------

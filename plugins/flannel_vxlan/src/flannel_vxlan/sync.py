@@ -14,12 +14,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
+from flannel.netlink.changes import KernelChangeWatch
 from flannel.netlink.neigh import EntryError, FdbEntry, NeighEntry, NeighTable
 from flannel.netlink.routes import Route, RouteTable
 from flannel.netlink.routes import SyncReport as RouteReport
 from flannel_vxlan.plan import PeerPlan
 
-__all__ = ["PlanId", "Programmer", "SyncReport"]
+__all__ = ["FULL_PASS_EVERY", "PlanId", "Programmer", "SyncReport"]
+
+FULL_PASS_EVERY = 30
+"""With a change watch, :meth:`Programmer.periodic` still dumps on every 30th pass (5 min
+at the default 10 s interval): a safety net for changes the kernel does not announce."""
 
 PlanId = tuple[str, int]
 Entry = NeighEntry | FdbEntry
@@ -50,15 +55,29 @@ class Programmer:
 
     Counts of how many plans want each neighbour (by device and IP), FDB entry and route
     destination are kept up to date as plans change, so an event batch costs only the
-    peers it names: no set over all plans, no dump. The periodic :meth:`reconcile` does
-    the full compare (raw-bytes, decoding only differences) and repairs any drift.
+    peers it names: no set over all plans, no dump. :meth:`reconcile` does the full
+    compare (raw-bytes, decoding only differences) and repairs any drift; :meth:`periodic`
+    does it only when ``watch`` saw a kernel change that concerns us (or every
+    ``full_every`` passes), so an idle daemon dumps nothing.
     """
 
-    def __init__(self, neigh: NeighTable, routes: RouteTable, devices: Mapping[int, int]) -> None:
+    def __init__(
+        self,
+        neigh: NeighTable,
+        routes: RouteTable,
+        devices: Mapping[int, int],
+        watch: KernelChangeWatch | None = None,
+        full_every: int = FULL_PASS_EVERY,
+    ) -> None:
         self.neigh = neigh
         self.routes = routes
         self.devices = dict(devices)
         """Address family (4/6) -> vxlan device index."""
+        self.watch = watch
+        self.full_every = full_every
+        self.full_passes = 0
+        """Full passes (dumps) done so far; skipped periodic passes do not count."""
+        self._quiet = 0
         self.plans: dict[PlanId, PeerPlan] = {}
         self.pending: set[PlanId] = set()
         self._neigh_refs: Counter[tuple[int, IPAddress]] = Counter()
@@ -139,10 +158,36 @@ class Programmer:
         self._program(todo, report, full=False, forget=forget)
         return report
 
+    def periodic(self) -> SyncReport | None:
+        """A full :meth:`reconcile` if it can find anything to do, else None (no dump):
+        without a watch, with peers pending, when the watch saw a change concerning our
+        devices or routes, or on every ``full_every``-th pass."""
+        self._quiet += 1
+        if (
+            self.watch is not None
+            and not self.pending
+            and self._quiet < self.full_every
+            and not self.watch.poll()
+        ):
+            return None
+        return self.reconcile()
+
     def reconcile(self) -> SyncReport:
         """Compare neighbours/FDB of our devices with the plans (one dump per family, raw
         bytes, decoding only differences), delete stale entries, restore missing ones and,
         via the route table, missing routes. No writes when the kernel matches."""
+        if self.watch is not None:
+            self.watch.poll()  # drain first: what arrives during the dumps stays queued
+        report = self._full_pass()
+        self.full_passes += 1
+        self._quiet = 0
+        if self.watch is not None and not (
+            report.failed or report.entry_errors or report.routes.errors
+        ):
+            self.watch.clear()
+        return report
+
+    def _full_pass(self) -> SyncReport:
         report = SyncReport()
         devices = {
             index: socket.AF_INET if family == 4 else socket.AF_INET6
