@@ -14,6 +14,21 @@ from typing import Any
 
 from moto.server import ThreadedMotoServer
 
+CLEARED_ENV = (
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_EC2",
+    "FLANNEL_AWS_METADATA_URL",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "http_proxy",
+    "https_proxy",
+)
+"""Environment that could point boto3 or flannel at a real AWS (or through a proxy)."""
+
 
 class FakeImds:
     """The EC2 instance metadata service of one instance, on 127.0.0.1.

@@ -13,6 +13,7 @@ from ipaddress import IPv4Network
 from typing import Any, ClassVar
 
 import pytest
+from aws_fakes import CLEARED_ENV
 from aws_hub_fakes import DUMMY_ENV, EC2_URL, IMDS_URL, AwsHubFakes
 
 from flannel.lab import Lab
@@ -20,19 +21,6 @@ from flannel.lab.topology import host_addresses
 from flannel.testing.conformance import OwnRouteConformance
 
 NETWORK = IPv4Network("10.244.0.0/16")
-CLEARED_ENV = (
-    "AWS_PROFILE",
-    "AWS_DEFAULT_PROFILE",
-    "AWS_SESSION_TOKEN",
-    "AWS_SECURITY_TOKEN",
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_EC2",
-    "FLANNEL_AWS_METADATA_URL",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "http_proxy",
-    "https_proxy",
-)
 
 
 class TestAwsVpcConformance(OwnRouteConformance):

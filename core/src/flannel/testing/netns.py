@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import secrets
 import subprocess
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+from flannel.lab.system import netns_delete
 from flannel.netlink._rtnl import in_netns
 
 __all__ = ["Netns", "in_netns", "run_in_netns", "run_tag"]
@@ -52,12 +51,8 @@ class Netns:
         return done.stdout
 
     def delete(self) -> None:
-        # Kill anything still running inside (processes we started there), then the netns.
-        pids = subprocess.run(["ip", "netns", "pids", self.name], text=True, capture_output=True)
-        for pid in pids.stdout.split():
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(pid), 9)
-        subprocess.run(["ip", "netns", "delete", self.name], capture_output=True)
+        """Kill what still runs inside (processes we started there), then the namespace."""
+        netns_delete(self.name)
 
     def __enter__(self) -> Netns:
         return self
