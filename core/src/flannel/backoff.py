@@ -42,7 +42,15 @@ class Backoff:
         self.attempt = 0
 
     async def failed(self, what: str, exc: BaseException) -> None:
-        """Log ``what`` failed with ``exc`` and sleep the next delay."""
+        """Log ``what`` failed with ``exc`` and sleep the next delay.
+
+        If our task was asked to stop while the failing call ran (some libraries, grpc among
+        them, turn a cancellation into their own error), this raises CancelledError instead
+        of retrying: a retry loop must never swallow the stop signal.
+        """
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
         delay = self.next_delay()
         self.failures += 1
         level = logging.WARNING if self.failures == 1 else logging.DEBUG
