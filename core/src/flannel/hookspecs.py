@@ -59,7 +59,7 @@ def register_network(
 
 
 @hookspec(firstresult=True)
-def run(network: BackendNetwork) -> Awaitable[None] | None:
+def run(network: BackendNetwork) -> None | Awaitable[None]:
     """Run the network until cancelled: reconcile loops, a userspace data path, ...
 
     Runs as its own task. ``asyncio.CancelledError`` is the stop signal: release what must
@@ -73,7 +73,7 @@ def run(network: BackendNetwork) -> Awaitable[None] | None:
 
 
 @hookspec(firstresult=True)
-def handle_events(network: BackendNetwork, events: Sequence[Event]) -> Awaitable[None] | None:
+def handle_events(network: BackendNetwork, events: Sequence[Event]) -> None | Awaitable[None]:
     """Apply one batch of peer lease events (``Added``/``Removed``) to the data path.
 
     Awaited once per batch, never concurrently with itself, only after ``run`` started. The

@@ -42,7 +42,7 @@ class LeaseAttrs:
     re-encoded compactly, in the order given, when written.
     """
 
-    public_ip: IPv4Address = IPv4Address("0.0.0.0")  # noqa: RUF009 (immutable)
+    public_ip: IPv4Address = IPv4Address("0.0.0.0")
     public_ipv6: IPv6Address | None = None
     backend_type: str = ""
     backend_data: Any = None

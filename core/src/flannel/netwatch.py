@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import re
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from flannel.backoff import Backoff
 from flannel.etcd import EtcdClient, EtcdClientConfig, EtcdConnection
 
 __all__ = ["EtcdNetworks", "NetworkSource", "RemoteNetworks", "network_names"]
@@ -58,6 +58,19 @@ def _prefix_end(prefix: bytes) -> bytes:
         return b"\0"
     end[-1] += 1
     return bytes(end)
+
+
+class _Pause:
+    def __init__(self) -> None:
+        self.delay = 0.2
+
+    async def __call__(self, what: str, exc: BaseException) -> None:
+        log.warning("%s failed (retrying in %.1f s): %s", what, self.delay, exc)
+        await asyncio.sleep(self.delay * random.uniform(0.5, 1.0))
+        self.delay = min(self.delay * 2, 10.0)
+
+    def reset(self) -> None:
+        self.delay = 0.2
 
 
 class EtcdNetworks:
@@ -109,7 +122,7 @@ class EtcdNetworks:
             call.cancel()
 
     async def watch(self) -> AsyncIterator[set[str]]:
-        pause = Backoff(0.2, 10.0, logger=log)
+        pause = _Pause()
         last: set[str] | None = None
         while True:
             try:
@@ -126,7 +139,7 @@ class EtcdNetworks:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                await pause.failed("watching the networks in etcd", exc)
+                await pause("watching the networks in etcd", exc)
 
     async def close(self) -> None:
         await self.conn.close()
@@ -152,7 +165,7 @@ class RemoteNetworks:
     async def watch(self) -> AsyncIterator[set[str]]:
         from flannel.remote.http import request
 
-        pause = Backoff(0.2, 10.0, logger=log)
+        pause = _Pause()
         cursor = ""
         last: set[str] | None = None
         while True:
@@ -169,7 +182,7 @@ class RemoteNetworks:
                 raise
             except Exception as exc:
                 cursor = ""
-                await pause.failed(f"listing the networks at {self.url}", exc)
+                await pause(f"listing the networks at {self.url}", exc)
                 continue
             if names != last:
                 last = names

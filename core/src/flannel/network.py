@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,6 @@ from flannel.backend import (
     BackendNetwork,
     ExternalInterface,
 )
-from flannel.backoff import Backoff
 from flannel.config import ConfigError, NetworkConfig
 from flannel.lease import Lease, LeaseAttrs
 from flannel.manager import (
@@ -119,6 +119,23 @@ class NetworksReadiness(Readiness):
             if not ok:
                 reasons.append(f"network {name}: {why}")
         return (not reasons, "; ".join(reasons) or "ready")
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with jitter: base * 2**n, capped, times a factor in [0.5, 1]."""
+
+    base: float = 1.0
+    cap: float = 30.0
+    attempt: int = 0
+
+    def next(self) -> float:
+        delay = min(self.cap, self.base * 2.0 ** min(self.attempt, 30))
+        self.attempt += 1
+        return delay * random.uniform(0.5, 1.0)
+
+    def reset(self) -> None:
+        self.attempt = 0
 
 
 @dataclass

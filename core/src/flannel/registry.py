@@ -573,10 +573,6 @@ class Registry:
                     )
                     yield WatchBatch(events=events, next_revision=next_revision)
             except grpc.aio.AioRpcError as exc:
-                if not channel_closed_under_us():
-                    # grpc turned our task's cancellation into a CANCELLED error: stop, do
-                    # not reset a healthy connection and let the caller retry forever
-                    raise asyncio.CancelledError from None
                 if exc.code() == grpc.StatusCode.UNAUTHENTICATED and client.uses_auth:
                     await client.authenticate()
                     raise WatchStreamError(f"watch token expired: {exc.details()}") from None

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
-from flannel.backoff import Backoff
 from flannel.config import NetworkConfig
 from flannel.etcd import (
     EtcdAuthError,
@@ -34,8 +34,38 @@ log = logging.getLogger(__name__)
 DEFAULT_RESYNC_INTERVAL = 300.0
 
 
-def _backoff() -> Backoff:
-    return Backoff(0.1, 5.0, logger=log, describe=describe_error)
+class Backoff:
+    """Exponential backoff with jitter: ``first`` doubling up to ``cap`` seconds.
+
+    :meth:`failed` logs the first failure of a streak as a warning and repeats at debug
+    level (an etcd outage must not flood the log); :meth:`succeeded` ends the streak.
+    """
+
+    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
+        self.first, self.cap = first, cap
+        self._next = first
+        self.failures = 0
+
+    def reset(self) -> None:
+        self._next = self.first
+
+    def next_delay(self) -> float:
+        delay = self._next
+        self._next = min(self.cap, self._next * 2)
+        return min(self.cap, delay * random.uniform(0.5, 1.5))
+
+    async def failed(self, what: str, exc: BaseException) -> None:
+        delay = self.next_delay()
+        self.failures += 1
+        level = logging.WARNING if self.failures == 1 else logging.DEBUG
+        log.log(level, "%s: %s; retrying in %.1f s", what, describe_error(exc), delay)
+        await asyncio.sleep(delay)
+
+    def succeeded(self, what: str) -> None:
+        if self.failures:
+            log.info("%s: recovered after %d retries", what, self.failures)
+        self.failures = 0
+        self.reset()
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -88,7 +118,7 @@ class LeaseWatcher:
         self.own_key = own.key if own is not None else None
         self.network = network
         self.resync_interval = resync_interval
-        self.backoff = backoff or _backoff()
+        self.backoff = backoff or Backoff()
         self.known: dict[str, Lease] = {}
 
     def __aiter__(self) -> AsyncIterator[list[Event]]:
@@ -221,7 +251,7 @@ async def wait_lease_lost(
 ) -> str:
     """Return (with the reason) when ``lease``'s key is deleted, expires, becomes unreadable
     or names another host. Survives reconnects and compaction (it re-reads the key)."""
-    backoff = backoff or _backoff()
+    backoff = backoff or Backoff()
     key = registry.lease_key(lease.subnet, lease.ipv6_subnet)
     ours = is_ours or (lambda attrs: same_host(attrs, lease.attrs, lease.subnet is not None))
     loop = asyncio.get_running_loop()

@@ -8,14 +8,15 @@ which is diffed against what we knew, so no change is lost).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import random
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from flannel.backoff import Backoff
 from flannel.config import NetworkConfig, parse_config
 from flannel.events import Event, EventType
 from flannel.lease import Lease, LeaseAttrs, encode_attrs, subnet_key
@@ -92,17 +93,16 @@ class RemoteSubnetManager:
         raise SubnetManagerError(f"flannel server {self.remote} answered {status}: {text}")
 
     async def _call_retrying(self, method: str, path: str, *, timeout: float) -> Any:
-        backoff = Backoff(0.1, 5.0, logger=log)
+        delay = 0.1
         while True:
             try:
-                result = await self._call(method, path, timeout=timeout)
+                return await self._call(method, path, timeout=timeout)
             except SubnetManagerError as exc:
                 if isinstance(exc, LeaseLost | ConfigNotFound):
                     raise
-                await backoff.failed(f"{method} {path}", exc)
-                continue
-            backoff.succeeded(f"{method} {path}")
-            return result
+                log.warning("%s; retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, 5.0)
 
     async def get_network_config(self) -> NetworkConfig:
         status_doc = await self._call("GET", "/config")
